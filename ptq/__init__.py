@@ -1,0 +1,57 @@
+"""provable-ptq: OPTQ (GPTQ), stochastic OPTQ and Qronos in JAX.
+
+Public API::
+
+    ptq.Grid                         alphabets and rounding (symmetric, asymmetric, fit)
+    ptq.optq(X, W, grid, ...)        OPTQ / stochastic OPTQ                -> ptq.Result
+    ptq.qronos(X, X_hat, W, grid, ...)  Qronos, variants "paper" and "ls_first" -> ptq.Result
+    ptq.rtn(W, grid)                 round to nearest                      -> ptq.RTNResult
+    ptq.reference                    slow float64 NumPy oracle (least-squares definitions)
+    ptq.options                      order / lam resolution shared with `theory` (NumPy only)
+
+The JAX modules are imported on first use (PEP 562), so that `theory`, which is NumPy-only,
+can import `ptq.options` (one shared definition of orders and lam) without loading JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Grid": "ptq.grid",
+    "optq": "ptq._optq",
+    "qronos": "ptq._qronos",
+    "rtn": "ptq._rtn",
+    "Result": "ptq.layer",
+    "RTNResult": "ptq._rtn",
+}
+_SUBMODULES = ("options", "reference", "grid", "kernel", "layer")
+
+__all__ = ["Grid", "optq", "qronos", "rtn", "Result", "RTNResult", "options", "reference"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"ptq.{name}")
+    else:
+        raise AttributeError(f"module 'ptq' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager names
+    from ptq import options, reference
+    from ptq.grid import Grid
+    from ptq.layer import Result
+    from ptq._optq import optq
+    from ptq._qronos import qronos
+    from ptq._rtn import RTNResult, rtn

@@ -1,0 +1,110 @@
+"""OPTQ (GPTQ) and stochastic OPTQ on a whole layer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptq import layer
+from ptq.grid import Grid
+from ptq.kernel import factor, quantize_ordered
+from ptq.layer import Result, Rounding
+from ptq.options import Order, check_layer_shapes
+
+
+def optq(
+    X,
+    W,
+    grid: Grid,
+    *,
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: Order = "natural",
+    order_seed: int = 0,
+    rounding: Rounding = "nearest",
+    key: jax.Array | None = None,
+    block_size: int = 128,
+) -> Result:
+    r"""Quantize the layer ``X @ W`` with OPTQ (GPTQ); stochastic OPTQ with ``rounding="stochastic"``.
+
+    With ``Xa = [X; sqrt(lam) I]`` and features in processing order, ``w(0) = w`` and for
+    ``t = 1..N`` (THEORY.md section 2)::
+
+        q_t = Q(w_t(t-1)),   e_t = w_t(t-1) - q_t,
+        w_{>t}(t) = w_{>t}(t-1) + e_t * Xa_{>t}^+ Xa_t        (least-squares re-fit)
+
+    run in the fast form ``w_j(t) = w_j(t-1) - (e_t / U_tt) U_tj`` with ``H^{-1} = U^T U``,
+    ``H = X^T X + lam I``, lazily batched (see `ptq.kernel`). Every neuron (column of W) is
+    quantized independently with the same H.
+
+    Exact identities of the output (THEORY.md I1-I3, tested): with ``r_t = result.r[t]``,
+    ``||X (w - q)||^2 + lam ||w - q||^2 = sum_t e_t^2 r_t^2`` per neuron.
+
+    Args:
+      X: (m, N) calibration inputs, rows are samples.
+      W: (N, n) weights, features x neurons (the transpose of ``nn.Linear.weight``).
+      grid: the alphabet, one step per neuron (`ptq.Grid`); values outside its range clip.
+      lam: absolute regularisation ``>= 0``. percdamp: relative one,
+        ``lam = percdamp * mean(diag(X^T X))``. Neither: ``percdamp = 0.01`` (GPTQ).
+      order: "natural", "decreasing_norm" (GPTQ's act_order), "increasing_norm", "random"
+        (seeded by ``order_seed``) or an explicit permutation.
+      rounding: "nearest" (ties up) or "stochastic" (unbiased, needs ``key``).
+      key: JAX PRNG key for stochastic rounding; the draws are
+        ``jax.random.uniform(key, (N, n))``, row t used at processing step t.
+      block_size: lazy-batch width B (does not change the result beyond float rounding).
+
+    Returns:
+      `ptq.Result`. Dead features (zero columns of X) get ``w_t = 0`` before quantization,
+      as in GPTQ; ``W_start`` is that zeroed ``w``.
+
+    Raises:
+      ValueError: on bad shapes, NaN/Inf, bad options, or when H is not positive definite
+        (for example N > m with lam = 0): it never returns unquantized weights.
+
+    References: Frantar et al., GPTQ, arXiv:2210.17323; Zhang et al., Provable PTQ,
+    arXiv:2508.04853. Differs from the reference GPTQ code in ties (rounded up here, to even
+    there) and in computing ``U`` from one Cholesky factorisation (mathematically equal).
+    """
+    m, N, n = check_layer_shapes(X, W)
+    layer.check_common(grid, n, rounding, key, block_size)
+    X, W = layer.as_arrays(("X", X), ("W", W))
+    sq = layer.column_sq_norms(X)
+    perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
+    p = jnp.asarray(perm)
+    R = _ordered_factor(layer.gram(X, X), lam, p)
+    return run_ordered(R, W[p], grid, perm, lam, m, "X", rounding, key, block_size)
+
+
+@jax.jit
+def _ordered_factor(XtX, lam, p):
+    """``R`` with ``R R^T = H = X^T X + lam I`` in processing order ``p``."""
+    return factor(layer.regularise(XtX[p][:, p], lam))
+
+
+def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size, z_first=None):
+    """Run the kernel on ordered ``R`` and ``W_start`` and map the results back.
+
+    ``W_start`` is ``w(0)`` in processing order; the result holds it in original order.
+    """
+    N, n = W_start.shape
+    u = None
+    if rounding == "stochastic":
+        u = layer.uniforms(key, N, n, W_start.dtype)
+    out = quantize_ordered(
+        R,
+        W_start,
+        grid,
+        u,
+        z_first,
+        block_size=min(int(block_size), N),
+        stochastic=rounding == "stochastic",
+        first_override=z_first is not None,
+    )
+    layer.check_factor(out.r, lam=lam, m=m, N=N, name=name)
+    inv = jnp.asarray(np.argsort(perm))
+    k = out.k[inv]
+    Q = grid.step * k
+    codes = (k + grid.zero).astype(jnp.int32)
+    return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start[inv])

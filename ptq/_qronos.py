@@ -1,0 +1,98 @@
+"""Qronos: quantization that corrects for the inputs of a partially quantized model."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from ptq import layer
+from ptq.grid import Grid
+from ptq.kernel import HIGHEST, factor
+from ptq.layer import Result, Rounding
+from ptq._optq import run_ordered
+from ptq.options import Order, check_layer_shapes
+
+Variant = Literal["paper", "ls_first"]
+VARIANTS = ("paper", "ls_first")
+
+
+def qronos(
+    X,
+    X_hat,
+    W,
+    grid: Grid,
+    *,
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: Order = "natural",
+    order_seed: int = 0,
+    rounding: Rounding = "nearest",
+    key: jax.Array | None = None,
+    variant: Variant = "paper",
+    block_size: int = 128,
+) -> Result:
+    r"""Quantize ``W`` so that ``X_hat @ Q`` matches the full-precision target ``X @ W``.
+
+    ``X`` are the inputs the full-precision model sees, ``X_hat`` those of the partially
+    quantized model. With ``Xa = [X; sqrt(lam) I]``, ``Xha = [X_hat; sqrt(lam) I]``,
+    ``ya = Xa w``, ``Hh = X_hat^T X_hat + lam I`` and ``G = X_hat^T X + lam I``
+    (THEORY.md section 2):
+
+    * the least-squares fit ``wt = argmin_v ||ya - Xha v|| = Hh^{-1} G w``;
+    * ``variant="paper"`` (Zhang et al.): step 1 rounds the correction
+      ``z_1 = <Xha_1, ya - Xha_{>1} w_{>1}> / ||Xha_1||^2 = w_1 + ((G - Hh) w)_1 / Hh_11``,
+      ``q_1 = Q(z_1)``; the residual is then re-fitted on the remaining columns, which is
+      OPTQ with ``Hh`` started from ``wt`` whose first error is ``e_1 = wt_1 - q_1``;
+    * ``variant="ls_first"`` (the form Brevitas ships): ``q = OPTQ_Hh(wt)``, i.e.
+      ``q_1 = Q(wt_1)``. The two differ only in the value rounded at step 1.
+
+    Identity (I5, tested): ``||X w - X_hat q||^2 + lam ||w - q||^2
+    = E_LS^2 + sum_t e_t^2 rh_t^2`` with ``E_LS = min_v ||ya - Xha v||`` and
+    ``rh_t = result.r[t]``.
+
+    Args:
+      X, X_hat: (m, N) full-precision and mismatched inputs (same samples, same shape).
+      W: (N, n) weights. variant: "paper" or "ls_first". The rest is as in `ptq.optq`; lam,
+        percdamp and the norm orders refer to ``X_hat`` (the matrix that is factorised).
+
+    Returns:
+      `ptq.Result` with ``W_start = wt``, the least-squares fit (original order).
+
+    References: Zhang, Sun, Saab, Qronos, arXiv:2505.11695; Provable PTQ, arXiv:2508.04853.
+    Differs from Brevitas' ``qronos.py``, which warns and leaves the layer unquantized when
+    the factorisation fails: here that raises.
+    """
+    m, N, n = check_layer_shapes(X, W, X_hat)
+    layer.check_common(grid, n, rounding, key, block_size)
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}")
+    X, X_hat, W = layer.as_arrays(("X", X), ("X_hat", X_hat), ("W", W))
+    sq = layer.column_sq_norms(X_hat)
+    perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    R, W_ls, z1 = _least_squares(
+        layer.gram(X_hat, X_hat), layer.gram(X_hat, X), W, lam, jnp.asarray(perm)
+    )
+    return run_ordered(
+        R, W_ls, grid, perm, lam, m, "X_hat", rounding, key, block_size,
+        z_first=z1 if variant == "paper" else None,
+    )
+
+
+@jax.jit
+def _least_squares(XhXh, XhX, W, lam, p):
+    """In processing order ``p``: the factor ``R`` of ``Hh``, ``wt = Hh^{-1} G w`` and ``z_1``."""
+    N = XhXh.shape[0]
+    Hh = layer.regularise(XhXh[p][:, p], lam)
+    G = XhX[p][:, p] + lam * jnp.eye(N, dtype=Hh.dtype)
+    W = W[p]
+    GW = jnp.dot(G, W, precision=HIGHEST)
+    # Hh^{-1} = R^{-T} R^{-1}: two triangular solves with the factor the kernel uses.
+    R = factor(Hh)
+    solve = partial(jax.scipy.linalg.solve_triangular, R, lower=False)
+    W_ls = solve(solve(GW, trans=0), trans=1)
+    # z_1 = w_1 + ((G - Hh) w)_1 / Hh_11, row 0 being the first processed feature.
+    z1 = W[0] + (GW[0] - jnp.dot(Hh[0], W, precision=HIGHEST)) / Hh[0, 0]
+    return R, W_ls, z1

@@ -1,0 +1,126 @@
+"""Validation, Gram matrices and the result type shared by `optq` and `qronos`."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptq import options
+from ptq.grid import Grid
+from ptq.kernel import HIGHEST
+
+Rounding = Literal["nearest", "stochastic"]
+
+
+class Result(NamedTuple):
+    """What `ptq.optq` and `ptq.qronos` return.
+
+    Feature-indexed arrays are in the original feature order unless marked "processing
+    order", where row t is the t-th processed feature, ``order[t]``.
+    """
+
+    Q: jax.Array  # (N, n) float: quantized weights, on the grid
+    codes: jax.Array  # (N, n) int32: integer codes, Q = step * (codes - zero)
+    e: jax.Array  # (N, n) float, processing order: e_t = z_t - q_t
+    order: np.ndarray  # (N,) int64: order[t] = original index of the t-th processed feature
+    lam: float  # the resolved absolute regularisation
+    w_max: jax.Array  # (n,) float: max over t of |w_t(0)| and of the value rounded at step t
+    r: jax.Array  # (N,) float, processing order: r_t = R_tt = 1 / U_tt (identity I3)
+    W_start: jax.Array  # (N, n) float: w(0), the weights the OPTQ recursion starts from
+
+
+def compute_dtype():
+    """float64 when JAX's x64 mode is on, float32 otherwise (DESIGN.md)."""
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
+
+def as_arrays(*named: tuple[str, object]):
+    """Convert to device arrays of the compute dtype; raise on NaN or Inf."""
+    dtype = compute_dtype()
+    out = []
+    for name, A in named:
+        A = jnp.asarray(A, dtype=dtype)
+        finite = jnp.isfinite(A)
+        if not bool(jnp.all(finite)):
+            bad = int(A.size - jnp.count_nonzero(finite))
+            raise ValueError(f"`{name}` must be finite; got {bad} NaN or Inf entries")
+        out.append(A)
+    return out
+
+
+def check_common(grid, n: int, rounding: str, key, block_size) -> None:
+    """Validate the options every algorithm shares."""
+    if not isinstance(grid, Grid):
+        raise ValueError(f"`grid` must be a ptq.Grid; got {type(grid).__name__}")
+    if jnp.shape(grid.step) not in ((), (n,)):
+        raise ValueError(
+            f"`grid` must have one step per neuron, shape () or ({n},); got {jnp.shape(grid.step)}"
+        )
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+    if rounding == "stochastic" and key is None:
+        raise ValueError("`rounding='stochastic'` needs `key` (a jax.random key); got key=None")
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
+        raise ValueError(f"`block_size` must be an integer >= 1; got {block_size!r}")
+
+
+@jax.jit
+def gram(A: jax.Array, B: jax.Array) -> jax.Array:
+    """``A^T B`` at full float precision."""
+    return jnp.dot(A.T, B, precision=HIGHEST)
+
+
+@jax.jit
+def column_sq_norms(X: jax.Array) -> jax.Array:
+    """``||X_t||^2`` for each column t (= diag(X^T X))."""
+    return jnp.sum(X * X, axis=0)
+
+
+@jax.jit
+def regularise(H: jax.Array, lam) -> jax.Array:
+    """``H + lam I``; a diagonal entry still zero (a dead feature with lam = 0) becomes 1.
+
+    A dead feature (zero column of X) is decoupled from every other one (its row and column
+    of X^T X vanish), so the value on its diagonal only affects its own r_t. GPTQ sets it to 1
+    so that the Cholesky factorisation exists; we do the same, and only when lam = 0.
+    """
+    d = jnp.diagonal(H) + lam
+    d = jnp.where(d == 0, jnp.ones_like(d), d)
+    N = H.shape[0]
+    return H.at[jnp.arange(N), jnp.arange(N)].set(d)
+
+
+def resolve_order_and_lam(sq_norms: jax.Array, order, order_seed, lam, percdamp):
+    """Shared resolution (ptq.options) from the column norms of the factorised matrix."""
+    sq = np.asarray(sq_norms, dtype=np.float64)
+    lam = options.resolve_lam(sq.mean(), lam, percdamp)
+    perm = options.resolve_order(sq, order, order_seed)
+    return perm, lam
+
+
+def check_factor(r: jax.Array, *, lam: float, m: int, N: int, name: str = "X") -> None:
+    """Raise when the Cholesky factorisation failed (H not numerically positive definite)."""
+    r = np.asarray(r)
+    if not np.all(np.isfinite(r) & (r > 0)):
+        hint = (
+            f" With N = {N} > m = {m} features exceed samples, so {name}^T {name} is singular"
+            if N > m
+            else ""
+        )
+        raise ValueError(
+            f"H = {name}^T {name} + lam*I is not positive definite (lam = {lam:g}); its Cholesky "
+            f"factorisation failed.{hint} Pass a larger `lam` (absolute) or `percdamp` "
+            f"(relative to mean(diag({name}^T {name})), GPTQ uses 0.01)."
+        )
+
+
+def uniforms(key, N: int, n: int, dtype) -> jax.Array:
+    """The U[0,1) draws of stochastic rounding: row t is used at processing step t.
+
+    `ptq.reference` takes the same array, so runs can be compared draw for draw.
+    """
+    return jax.random.uniform(key, (N, n), dtype=dtype)

@@ -1,0 +1,146 @@
+"""Argument resolution shared by `ptq` (JAX) and `theory` (NumPy).
+
+This module is NumPy-only on purpose: `theory` imports it to resolve `order`, `lam` and
+`percdamp` exactly as the algorithms do, without importing JAX (see DESIGN.md). Every
+public function of `ptq` and `theory` that takes these arguments goes through here, so
+there is one definition of each.
+
+Conventions (THEORY.md section 1):
+
+* ``lam`` is the absolute ridge added to the Gram matrix, ``H = X^T X + lam * I``.
+* ``percdamp`` is GPTQ's relative damping, ``lam = percdamp * mean(diag(X^T X))``.
+  Giving neither means ``percdamp = 0.01`` (GPTQ's default); giving both is an error.
+* An order is a permutation ``perm`` of the features: ``perm[t]`` is the (original) index of
+  the t-th processed feature. Ties in the norm orders are broken by the original index
+  (a stable sort), so the order is a pure function of the column norms.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Literal, Sequence, Union, get_args
+
+import numpy as np
+
+OrderName = Literal["natural", "decreasing_norm", "increasing_norm", "random"]
+Order = Union[OrderName, Sequence[int], np.ndarray]
+ORDERS: tuple[str, ...] = get_args(OrderName)
+DEFAULT_PERCDAMP = 0.01  # GPTQ's default relative damping
+
+
+def resolve_lam(diag_mean: float, lam: float | None, percdamp: float | None) -> float:
+    """Return the absolute regularisation ``lam`` from ``lam`` or ``percdamp``.
+
+    Args:
+      diag_mean: ``mean(diag(X^T X)) = ||X||_F^2 / N`` of the matrix whose Gram matrix is
+        regularised (X for OPTQ, X_hat for Qronos).
+      lam: absolute ridge, ``>= 0``; or None.
+      percdamp: relative ridge, ``>= 0``; or None. Neither given means 0.01.
+
+    Returns:
+      ``lam`` as a Python float (``percdamp * diag_mean`` when given relatively).
+    """
+    if lam is not None and percdamp is not None:
+        raise ValueError(
+            f"give at most one of `lam` and `percdamp`; got lam={lam!r} and percdamp={percdamp!r}"
+        )
+    if lam is not None:
+        lam = _nonnegative_float("lam", lam)
+        return lam
+    percdamp = DEFAULT_PERCDAMP if percdamp is None else _nonnegative_float("percdamp", percdamp)
+    return float(percdamp) * float(diag_mean)
+
+
+def resolve_order(col_sq_norms: np.ndarray, order: Order, order_seed: int = 0) -> np.ndarray:
+    """Return the processing permutation (int64, shape (N,)).
+
+    Args:
+      col_sq_norms: ``||X_t||^2`` for each feature t, shape (N,). For "decreasing_norm" this
+        is GPTQ's ``act_order`` (sorting ``diag(H)``; the ridge shifts every entry equally).
+      order: "natural" (0..N-1), "decreasing_norm", "increasing_norm", "random" (a uniform
+        permutation from ``numpy.random.default_rng(order_seed)``), or an explicit
+        permutation of ``range(N)``.
+      order_seed: seed of the "random" order.
+
+    Returns:
+      ``perm`` with ``perm[t]`` the original index of the t-th processed feature.
+    """
+    norms = np.asarray(col_sq_norms, dtype=np.float64)
+    N = norms.shape[0]
+    if isinstance(order, str):
+        if order == "natural":
+            return np.arange(N, dtype=np.int64)
+        if order == "decreasing_norm":
+            return np.argsort(-norms, kind="stable").astype(np.int64)
+        if order == "increasing_norm":
+            return np.argsort(norms, kind="stable").astype(np.int64)
+        if order == "random":
+            if not isinstance(order_seed, numbers.Integral):
+                raise ValueError(f"`order_seed` must be an integer; got {order_seed!r}")
+            return np.random.default_rng(int(order_seed)).permutation(N).astype(np.int64)
+        raise ValueError(f"`order` must be one of {ORDERS} or a permutation; got {order!r}")
+    perm = np.asarray(order)
+    if (
+        perm.shape != (N,)
+        or not np.issubdtype(perm.dtype, np.integer)
+        or not np.array_equal(np.sort(perm), np.arange(N))
+    ):
+        raise ValueError(
+            f"`order` given as an array must be a permutation of range({N}); "
+            f"got shape {perm.shape} and dtype {perm.dtype}"
+        )
+    return perm.astype(np.int64)
+
+
+def check_matrix(name: str, A, *, ndim: int = 2) -> tuple[int, ...]:
+    """Check that ``A`` has ``ndim`` dimensions; return its shape."""
+    shape = tuple(np.shape(A))
+    if len(shape) != ndim:
+        raise ValueError(f"`{name}` must be a {ndim}-D array; got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"`{name}` must be non-empty; got shape {shape}")
+    return shape
+
+
+def check_layer_shapes(X, W, X_hat=None) -> tuple[int, int, int]:
+    """Check ``X`` (m, N), ``W`` (N, n) and optionally ``X_hat`` (m, N); return (m, N, n)."""
+    m, N = check_matrix("X", X)
+    NW, n = check_matrix("W", W)
+    if NW != N:
+        raise ValueError(
+            f"`W` must have shape (N, n) with N = X.shape[1] = {N} (features x neurons; "
+            f"PyTorch's nn.Linear.weight is (n, N), pass its transpose); got W.shape={(NW, n)}"
+        )
+    if X_hat is not None:
+        shape_hat = check_matrix("X_hat", X_hat)
+        if shape_hat != (m, N):
+            raise ValueError(f"`X_hat` must have the shape of X, {(m, N)}; got {shape_hat}")
+    return m, N, n
+
+
+def check_finite_numpy(name: str, A: np.ndarray) -> None:
+    """Raise if a NumPy array holds NaN or Inf."""
+    if not np.all(np.isfinite(A)):
+        bad = int(np.size(A) - np.count_nonzero(np.isfinite(A)))
+        raise ValueError(f"`{name}` must be finite; got {bad} NaN or Inf entries")
+
+
+def check_step(step, n: int) -> np.ndarray:
+    """Return ``step`` broadcast to shape (n,) as float64; it must be finite and > 0."""
+    s = np.asarray(step, dtype=np.float64)
+    if s.ndim == 0:
+        s = np.full(n, float(s))
+    if s.shape != (n,):
+        raise ValueError(f"`step` must be a scalar or have shape (n,) = ({n},); got {s.shape}")
+    if not np.all(np.isfinite(s) & (s > 0)):
+        raise ValueError(f"`step` must be finite and > 0; got min {s.min()!r}")
+    return s
+
+
+def _nonnegative_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a real number >= 0; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}")
+    return value
