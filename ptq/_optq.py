@@ -73,7 +73,7 @@ def optq(
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
     p = jnp.asarray(perm)
-    R = _ordered_factor(layer.gram(X, X), lam, p)
+    R = _ordered_factor(layer.gram_sym(X), lam, p)
     return run_ordered(R, W[p], grid, perm, lam, m, "X", rounding, key, block_size)
 
 

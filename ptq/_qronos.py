@@ -73,7 +73,7 @@ def qronos(
     sq = layer.column_sq_norms(X_hat)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     R, W_ls, z1 = _least_squares(
-        layer.gram(X_hat, X_hat), layer.gram(X_hat, X), W, lam, jnp.asarray(perm)
+        layer.gram_sym(X_hat), layer.gram(X_hat, X), W, lam, jnp.asarray(perm)
     )
     return run_ordered(
         R, W_ls, grid, perm, lam, m, "X_hat", rounding, key, block_size,

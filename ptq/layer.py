@@ -75,6 +75,27 @@ def gram(A: jax.Array, B: jax.Array) -> jax.Array:
 
 
 @jax.jit
+def gram_sym(X: jax.Array) -> jax.Array:
+    """``X^T X``, exactly symmetric, with about 9/16 of the flops of a general product.
+
+    The column halves give ``[[X1^T X1, X1^T X2], [(X1^T X2)^T, X2^T X2]]``; the diagonal
+    blocks recurse (three levels at most, while N >= 1024), so only the off-diagonal products
+    are full matrix products. The result is symmetric to the last bit.
+    """
+    return _gram_sym(X, depth=3)
+
+
+def _gram_sym(X, depth):
+    N = X.shape[1]
+    if depth == 0 or N < 1024:
+        return jnp.dot(X.T, X, precision=HIGHEST)
+    h = N // 2
+    X1, X2 = X[:, :h], X[:, h:]
+    H12 = jnp.dot(X1.T, X2, precision=HIGHEST)
+    return jnp.block([[_gram_sym(X1, depth - 1), H12], [H12.T, _gram_sym(X2, depth - 1)]])
+
+
+@jax.jit
 def column_sq_norms(X: jax.Array) -> jax.Array:
     """``||X_t||^2`` for each column t (= diag(X^T X))."""
     return jnp.sum(X * X, axis=0)
