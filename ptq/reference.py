@@ -1,0 +1,320 @@
+"""A deliberately slow float64 NumPy oracle for OPTQ, stochastic OPTQ, Qronos and RTN.
+
+Everything here is written from the least-squares definitions of THEORY.md section 2, with
+no Cholesky factor, no ``H^{-1}`` and no blocking, so that it shares no algebra with the fast
+kernel (`ptq.kernel`) it checks. It shares on purpose only what must be identical for a
+draw-for-draw, code-for-code comparison:
+
+* ``lam``/``percdamp`` and ``order`` are resolved by `ptq.options` (the one definition);
+* the rounding rule of `ptq.grid` (restated below, re-implemented in NumPy);
+* the dead-feature convention of `ptq.layer.regularise`;
+* the stochastic-rounding uniforms ``u`` (N, n), passed in explicitly (row t at step t); a
+  test feeds it ``np.asarray(ptq.layer.uniforms(key, N, n, dtype))``.
+
+Augmentation (THEORY.md section 1). ``Xa = [X; D]`` with ``D = diag(d)``, ``d_t = sqrt(lam)``,
+so ``Xa^T Xa = X^T X + lam I = H`` and ``||Xa z||^2 = ||X z||^2 + lam ||z||^2``. Dead features
+(zero columns of X) with ``lam = 0`` get ``d_t = 1`` (the 1 that `ptq` puts on the diagonal
+of H); since such a column is orthogonal to every other one it only sets its own ``r_t = 1``.
+
+Rounding, with ``x = z / delta`` and signed index ``k`` clipped to ``[qmin - zero, qmax - zero]``:
+nearest ``k = floor(x + 1/2)`` (ties up); stochastic ``k = floor(x) + [u < x - floor(x)]``.
+
+This module imports no JAX: it runs anywhere NumPy does, and costs O(N) least-squares solves
+of size (m + N) x N per layer, so keep it to small matrices.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ptq import options
+
+__all__ = [
+    "ReferenceResult",
+    "RTNReference",
+    "optq",
+    "qronos",
+    "rtn",
+    "augment",
+    "projected_columns",
+    "round_nearest",
+    "round_stochastic",
+]
+
+
+class ReferenceResult(NamedTuple):
+    """Output of :func:`optq` and :func:`qronos` (float64 NumPy arrays).
+
+    "processing order": row t is the t-th processed feature, original index ``order[t]``.
+    """
+
+    Q: np.ndarray  # (N, n) quantized weights, original order
+    codes: np.ndarray  # (N, n) int64 integer codes, Q = step * (codes - zero), original order
+    e: np.ndarray  # (N, n) processing order: e_t = w_t(t-1) - q_t
+    z: np.ndarray  # (N, n) processing order: the value actually rounded at step t
+    order: np.ndarray  # (N,) int64 permutation, order[t] = original index of step t
+    lam: float  # resolved absolute regularisation
+    r: np.ndarray  # (N,) processing order: r_t = ||P_t Xa_t|| from explicit projections
+    w_traj_max: np.ndarray  # (n,) max over t = 0..N-1, j >= t+1 of |w_j(t)|, plus |w(0)|
+    w_max: np.ndarray  # (n,) ptq's definition: max(max_t |w_t(0)|, max_t |z_t|)
+    W_start: np.ndarray  # (N, n) w(0), original order (OPTQ: dead rows zeroed; Qronos: wt)
+    W_ls: np.ndarray | None  # (N, n) Qronos only: wt = argmin_v ||ya - Xha v||, original order
+    E_LS: np.ndarray | None  # (n,) Qronos only: E_LS = min_v ||ya - Xha v|| per neuron
+
+
+class RTNReference(NamedTuple):
+    Q: np.ndarray  # (N, n)
+    codes: np.ndarray  # (N, n) int64
+
+
+# --------------------------------------------------------------------------- building blocks
+def augment(X, lam: float, *, dead_to_one: bool = True) -> np.ndarray:
+    """``Xa = [X; diag(d)]`` in R^{(m+N) x N}, ``d_t = sqrt(lam)`` (1 for dead features, lam = 0).
+
+    Args:
+      X: (m, N) inputs. lam: the absolute ridge, >= 0.
+      dead_to_one: apply the dead-feature convention (the factorised matrix only; Qronos'
+        target ``ya = Xa w`` uses the plain ``sqrt(lam) I``, so that ``Xha^T Xa = G``).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    d = np.full(X.shape[1], np.sqrt(lam))
+    if dead_to_one:
+        dead = np.sum(X * X, axis=0) == 0
+        d[dead & (lam == 0)] = 1.0
+    return np.vstack([X, np.diag(d)])
+
+
+def _lstsq(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``argmin_v ||A v - b||`` (SVD based; A has full column rank here)."""
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def projected_columns(Xa) -> np.ndarray:
+    """The matrix whose column t is ``P_t Xa_t``, ``P_t = I - Xa_{>t} Xa_{>t}^+`` (THEORY.md I1-I4).
+
+    Each column is the least-squares residual of ``Xa_t`` on the later columns, formed
+    explicitly; ``r_t`` is its norm. Columns are in the order of ``Xa``'s columns.
+    """
+    Xa = np.asarray(Xa, dtype=np.float64)
+    N = Xa.shape[1]
+    P = np.empty_like(Xa)
+    for t in range(N):
+        later = Xa[:, t + 1 :]
+        P[:, t] = Xa[:, t] - (later @ _lstsq(later, Xa[:, t]) if t < N - 1 else 0.0)
+    return P
+
+
+def _grid_arrays(grid, n: int):
+    """step, zero (n,) and the signed index bounds of any object with the Grid attributes."""
+    step = np.broadcast_to(np.asarray(grid.step, dtype=np.float64), (n,))
+    zero = np.broadcast_to(np.asarray(grid.zero, dtype=np.float64), (n,))
+    qmin = np.asarray(grid.qmin, dtype=np.float64)
+    qmax = np.asarray(grid.qmax, dtype=np.float64)
+    return step, zero, qmin - zero, qmax - zero
+
+
+def round_nearest(z, grid) -> np.ndarray:
+    """Signed grid index of round to nearest, ties up, clipped: ``z`` is (..., n)."""
+    z = np.asarray(z, dtype=np.float64)
+    step, _, kmin, kmax = _grid_arrays(grid, z.shape[-1])
+    return np.clip(np.floor(z / step + 0.5), kmin, kmax)
+
+
+def round_stochastic(z, u, grid) -> np.ndarray:
+    """Signed grid index of stochastic rounding with uniforms ``u`` (same shape as ``z``).
+
+    ``k = floor(x) + 1`` with probability ``x - floor(x)`` (when ``u ~ U[0,1)``), so
+    ``E[delta k] = z`` before clipping.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    step, _, kmin, kmax = _grid_arrays(grid, z.shape[-1])
+    x = z / step
+    lo = np.floor(x)
+    return np.clip(lo + (np.asarray(u, dtype=np.float64) < x - lo), kmin, kmax)
+
+
+# --------------------------------------------------------------------------- validation
+def _prepare(X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed):
+    m, N, n = options.check_layer_shapes(X, W, X_hat)
+    X = np.asarray(X, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    named = [("X", X), ("W", W)] + ([] if X_hat is None else [("X_hat", X_hat)])
+    for name, A in named:
+        options.check_finite_numpy(name, np.asarray(A, dtype=np.float64))
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+    if rounding == "stochastic":
+        if u is None or np.shape(u) != (N, n):
+            raise ValueError(f"`u` must have shape (N, n) = {(N, n)}; got {np.shape(u)}")
+        u = np.asarray(u, dtype=np.float64)
+    Xf = X if X_hat is None else np.asarray(X_hat, dtype=np.float64)  # the factorised matrix
+    sq = np.sum(Xf * Xf, axis=0)
+    lam = options.resolve_lam(sq.mean(), lam, percdamp)
+    perm = options.resolve_order(sq, order, order_seed)
+    live = int(np.count_nonzero(sq))
+    Xfa = augment(Xf[:, perm], lam)
+    if np.linalg.matrix_rank(Xfa) < N:
+        name = "X" if X_hat is None else "X_hat"
+        raise ValueError(
+            f"H = {name}^T {name} + lam*I is singular (lam = {lam:g}, {live} live features, "
+            f"m = {m} samples); pass a larger `lam` or `percdamp`"
+        )
+    _grid_arrays(grid, n)  # fail early on a grid of the wrong shape
+    return X, W, u, sq, lam, perm, Xfa
+
+
+def _round(z, u_t, grid, stochastic: bool) -> np.ndarray:
+    return round_stochastic(z, u_t, grid) if stochastic else round_nearest(z, grid)
+
+
+# --------------------------------------------------------------------------- algorithms
+def optq(
+    X,
+    W,
+    grid,
+    *,
+    lam=None,
+    percdamp=None,
+    order="natural",
+    order_seed: int = 0,
+    rounding: str = "nearest",
+    u=None,
+) -> ReferenceResult:
+    """OPTQ (stochastic OPTQ with ``rounding="stochastic"``) from its least-squares definition.
+
+    With ``Xa`` augmented and permuted to processing order, ``w(0) = w`` (dead rows zeroed,
+    as GPTQ) and for ``t = 1..N`` (THEORY.md section 2)::
+
+        z_t = w_t(t-1),   q_t = Q(z_t),   e_t = z_t - q_t,
+        w_{>t}(t) = w_{>t}(t-1) + e_t * argmin_c ||Xa_{>t} c - Xa_t||.
+
+    Each update is a fresh least-squares solve; no factorisation of H is formed.
+
+    Args:
+      X: (m, N). W: (N, n). grid: any object with ``step``, ``zero``, ``qmin``, ``qmax``
+        (e.g. `ptq.Grid`). lam, percdamp, order, order_seed: as `ptq.optq`.
+      rounding: "nearest" or "stochastic". u: (N, n) uniforms, row t used at step t.
+
+    Returns:
+      :class:`ReferenceResult` (``W_ls``, ``E_LS`` are None).
+    """
+    X, W, u, sq, lam, perm, Xa = _prepare(
+        X, W, grid, None, rounding, u, lam, percdamp, order, order_seed
+    )
+    N, n = W.shape
+    step, zero, _, _ = _grid_arrays(grid, n)
+    W_start = np.where((sq == 0)[:, None], 0.0, W)
+    w = W_start[perm].copy()  # w(t), processing order; rows < t are finished
+    traj = np.abs(w).max(axis=0)
+    k = np.empty((N, n))
+    e = np.empty((N, n))
+    z = np.empty((N, n))
+    for t in range(N):
+        z[t] = w[t]
+        k[t] = _round(z[t], None if u is None else u[t], grid, rounding == "stochastic")
+        e[t] = z[t] - step * k[t]
+        if t < N - 1:
+            c = _lstsq(Xa[:, t + 1 :], Xa[:, t])  # Xa_{>t}^+ Xa_t
+            w[t + 1 :] += np.outer(c, e[t])
+            traj = np.maximum(traj, np.abs(w[t + 1 :]).max(axis=0))
+    r = np.linalg.norm(projected_columns(Xa), axis=0)
+    w_max = np.maximum(np.abs(W_start).max(axis=0), np.abs(z).max(axis=0))
+    return _finish(k, e, z, perm, lam, r, traj, w_max, W_start, step, zero, None, None)
+
+
+def qronos(
+    X,
+    X_hat,
+    W,
+    grid,
+    *,
+    lam=None,
+    percdamp=None,
+    order="natural",
+    order_seed: int = 0,
+    rounding: str = "nearest",
+    u=None,
+    variant: str = "paper",
+) -> ReferenceResult:
+    """Qronos from its least-squares definition (both variants).
+
+    ``Xa = [X; sqrt(lam) I]``, ``Xha = [X_hat; sqrt(lam) I]`` (dead convention on Xha), in
+    processing order; target ``ya = Xa w``. The fit ``wt = argmin_v ||ya - Xha v||`` and
+    ``E_LS = ||ya - Xha wt||``. At step t (0-based here), with ``q_{<t}`` fixed::
+
+        v = argmin_v ||ya - Xha_{<t} q_{<t} - Xha_{>=t} v||     (v = wt at t = 0),
+        q_t = Q(z_t),   e_t = v_t - q_t,
+
+    where ``z_t = v_t``, except in the paper variant at t = 0, where the correction step uses
+    the original later weights: ``z_0 = <Xha_0, ya - Xha_{>0} w_{>0}> / ||Xha_0||^2``.
+    "ls_first" rounds ``wt_0`` instead (THEORY.md section 2). Every v is a fresh solve on
+    the current residual, not the OPTQ update.
+
+    Args:
+      X, X_hat: (m, N). W: (N, n). variant: "paper" or "ls_first". The rest as :func:`optq`;
+        lam, percdamp and the norm orders refer to ``X_hat``.
+
+    Returns:
+      :class:`ReferenceResult` with ``W_start = W_ls = wt`` and ``E_LS`` (identity I5).
+    """
+    if variant not in ("paper", "ls_first"):
+        raise ValueError(f"`variant` must be one of ('paper', 'ls_first'); got {variant!r}")
+    X, W, u, _, lam, perm, Xha = _prepare(
+        X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed
+    )
+    N, n = W.shape
+    step, zero, _, _ = _grid_arrays(grid, n)
+    w = W[perm]
+    ya = augment(X[:, perm], lam, dead_to_one=False) @ w  # (m + N, n)
+    wt = _lstsq(Xha, ya)
+    E_LS = np.linalg.norm(ya - Xha @ wt, axis=0)
+    traj = np.abs(wt).max(axis=0)
+    v = wt
+    k = np.empty((N, n))
+    e = np.empty((N, n))
+    z = np.empty((N, n))
+    for t in range(N):
+        if t == 0 and variant == "paper":
+            x0 = Xha[:, 0]
+            z[0] = x0 @ (ya - Xha[:, 1:] @ w[1:]) / (x0 @ x0)
+        else:
+            z[t] = v[0]
+        k[t] = _round(z[t], None if u is None else u[t], grid, rounding == "stochastic")
+        e[t] = v[0] - step * k[t]
+        if t < N - 1:
+            residual = ya - Xha[:, : t + 1] @ (step * k[: t + 1])
+            v = _lstsq(Xha[:, t + 1 :], residual)
+            traj = np.maximum(traj, np.abs(v).max(axis=0))
+    r = np.linalg.norm(projected_columns(Xha), axis=0)
+    w_max = np.maximum(np.abs(wt).max(axis=0), np.abs(z).max(axis=0))
+    inv = np.argsort(perm)
+    return _finish(k, e, z, perm, lam, r, traj, w_max, wt[inv], step, zero, wt[inv], E_LS)
+
+
+def rtn(W, grid) -> RTNReference:
+    """Round every weight to nearest (ties up), clipped: ``q = Q(w)``."""
+    W = np.asarray(W, dtype=np.float64)
+    step, zero, _, _ = _grid_arrays(grid, W.shape[1])
+    k = round_nearest(W, grid)
+    return RTNReference(step * k, (k + zero).astype(np.int64))
+
+
+def _finish(k, e, z, perm, lam, r, traj, w_max, W_start, step, zero, W_ls, E_LS):
+    inv = np.argsort(perm)
+    k = k[inv]
+    return ReferenceResult(
+        Q=step * k,
+        codes=(k + zero).astype(np.int64),
+        e=e,
+        z=z,
+        order=perm,
+        lam=lam,
+        r=r,
+        w_traj_max=traj,
+        w_max=w_max,
+        W_start=W_start,
+        W_ls=W_ls,
+        E_LS=E_LS,
+    )
