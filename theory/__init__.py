@@ -1,0 +1,55 @@
+"""provable-ptq theory: closed-form error bounds for OPTQ, stochastic OPTQ and Qronos.
+
+NumPy/SciPy, float64; never imports JAX (it imports `ptq.options` only, for the one shared
+definition of orders and lam). Statements and proofs: theory/README.md. Public API::
+
+    residual_norms(X, ...)                       r_t and M (I3, I4)
+    factorise(X, ...)                            the shared factor H = R R^T (Factors)
+    optq_l2_bound(X, step, ...)                  B1
+    optq_structural_bound(X, step, ...)          B2
+    optq_weight_bound(X, W, step, ...)           B3 (and the K that prevents clipping)
+    stochastic_l2_bound(X, step, ...)            S1
+    stochastic_linf_bound(X, step, p=, ...)      S2
+    stochastic_weight_bound(X, W, step, p=, ...) S3 (and K)
+    qronos_l2_bound(X, X_hat, W, step, variant=, ...)      Q1
+    optq_mismatch_l2_bound(X, X_hat, W, step, ...)         Q2
+    qronos_linf_bound(X, X_hat, W, step, p=, variant=, ...) Q3
+    lam_guidance(X, W, bits=|levels=, ...)       lam minimising B1/S1 subject to B3/S3
+    output_errors(X, W, Q, ...), tightness(measured, bound)
+"""
+
+from theory._factor import Factors, ResidualNorms, factorise, residual_norms
+from theory.guidance import LamGuidance, lam_guidance
+from theory.measure import OutputErrors, output_errors, tightness
+from theory.optq_bounds import (
+    StructuralBound,
+    WeightBound,
+    optq_l2_bound,
+    optq_structural_bound,
+    optq_weight_bound,
+)
+from theory.qronos_bounds import optq_mismatch_l2_bound, qronos_l2_bound, qronos_linf_bound
+from theory.stochastic import stochastic_l2_bound, stochastic_linf_bound, stochastic_weight_bound
+
+__all__ = [
+    "Factors",
+    "LamGuidance",
+    "OutputErrors",
+    "ResidualNorms",
+    "StructuralBound",
+    "WeightBound",
+    "factorise",
+    "lam_guidance",
+    "optq_l2_bound",
+    "optq_mismatch_l2_bound",
+    "optq_structural_bound",
+    "optq_weight_bound",
+    "output_errors",
+    "qronos_l2_bound",
+    "qronos_linf_bound",
+    "residual_norms",
+    "stochastic_l2_bound",
+    "stochastic_linf_bound",
+    "stochastic_weight_bound",
+    "tightness",
+]

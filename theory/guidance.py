@@ -1,0 +1,137 @@
+"""Choosing lam: the smallest error bound (B1/S1) subject to no clipping (B3/S3).
+
+B1 ``(delta/2) sqrt(sum_t r_t^2)`` grows with lam (each ``r_t^2`` does), while the weight
+growth of B3/S3 shrinks (each update is at most ``||X_t|| / (2 sqrt(lam))``). For a grid with
+K levels, no clipping needs ``max_j (|w_j| + a delta c_j(lam)) <= K delta`` (``a = 1/2`` and
+``c`` the B3 growth for round to nearest; ``a = sqrt(log(2N^2/p)/2)`` and the S3 growth for
+stochastic rounding, which then holds with probability >= 1 - p). With the step free this
+gives the smallest admissible step ``delta(lam) = max_j |w_j| / (K - a c_j(lam))`` (feasible
+iff ``a c_j < K`` for all j), and the bound at lam is B1 at that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from ptq import options
+from theory._factor import as_matrix, factorise, resolve, update_coefficients
+from theory.stochastic import check_p, hoeffding_factor
+
+log = logging.getLogger(__name__)
+
+
+class LamGuidance(NamedTuple):
+    """What :func:`lam_guidance` returns; arrays indexed by the candidate lam first."""
+
+    lams: np.ndarray  # (L,) float64: the candidates (absolute lam)
+    feasible: np.ndarray  # (L,) bool: the no-clipping condition can hold at this lam
+    step: np.ndarray  # (L, n): the step used (smallest admissible, or the given one); NaN if infeasible
+    bound: np.ndarray  # (L, n): B1/S1 per neuron at that step; NaN if infeasible
+    total: np.ndarray  # (L,): sqrt(sum_n bound^2), bound on ||X (W - Q)||_F; NaN if infeasible
+    growth: np.ndarray  # (L,): max_j a * c_j(lam), in units of delta (needs < K)
+    index: int | None  # argmin of total over feasible lams; None if none is feasible
+    lam: float | None  # lams[index]
+    best_step: np.ndarray | None  # (n,) step[index]
+    levels: int  # K
+
+
+def lam_guidance(
+    X,
+    W,
+    *,
+    bits: int | None = None,
+    levels: int | None = None,
+    lams=None,
+    step=None,
+    rounding: Literal["nearest", "stochastic"] = "nearest",
+    p: float = 0.05,
+    per: Literal["neuron", "layer"] = "neuron",
+    order: options.Order = "natural",
+    order_seed: int = 0,
+) -> LamGuidance:
+    r"""The lam minimising the 2-norm bound (B1 / S1) subject to no clipping (B3 / S3).
+
+    Args:
+      X: (m, N) calibration inputs. W: (N, n) weights.
+      bits / levels: the symmetric grid, ``K = 2^(bits-1) - 1`` or ``K = levels`` (give one).
+      lams: (L,) candidate absolute lams, > 0 (default: ``mean(diag(X^T X))`` times
+        ``logspace(-6, 1, 36)``). Each costs one factorisation and one triangular inverse.
+      step: None (choose the smallest admissible step per lam) or a fixed step, scalar or (n,)
+        (then only feasibility varies and the smallest feasible lam wins).
+      rounding: "nearest" (B1 with B3) or "stochastic" (S1 with S3 at failure probability p).
+      per: with ``step=None``, one step per neuron or one for the layer.
+      order, order_seed: as `ptq.optq`.
+
+    Returns:
+      `LamGuidance` with the curves and the chosen lam (None when no candidate is feasible;
+      then increase K or the candidates).
+    """
+    X = as_matrix("X", X)
+    W = as_matrix("W", W)
+    _, N, n = options.check_layer_shapes(X, W)
+    K = _levels(bits, levels)
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+    if per not in ("neuron", "layer"):
+        raise ValueError(f"`per` must be 'neuron' or 'layer'; got {per!r}")
+    perm, _, sq = resolve(X, None, None, order, order_seed)
+    if lams is None:
+        lams = sq.mean() * np.logspace(-6, 1, 36)
+    lams = np.asarray(lams, dtype=np.float64)
+    if lams.ndim != 1 or lams.size == 0 or not np.all(np.isfinite(lams) & (lams > 0)):
+        raise ValueError(f"`lams` must be a non-empty 1-D array of finite values > 0; got {lams!r}")
+    fixed = None if step is None else options.check_step(step, n)
+    a = 0.5 if rounding == "nearest" else hoeffding_factor(N * N, check_p(p))
+
+    live = sq[perm] > 0
+    Wp = np.where(live[:, None], W[perm], 0.0)
+    absW = np.abs(Wp)
+    L = lams.size
+    steps = np.full((L, n), np.nan)
+    bounds = np.full((L, n), np.nan)
+    growth_max = np.zeros(L)
+    feasible = np.zeros(L, bool)
+    for i, lam in enumerate(lams):
+        f = factorise(X, lam=float(lam), order=perm)
+        off = np.triu(update_coefficients(f), 1)
+        c = np.abs(off).sum(0) if rounding == "nearest" else np.sqrt((off**2).sum(0))
+        growth_max[i] = a * c.max()
+        if fixed is None:
+            if growth_max[i] >= K:
+                continue
+            amax = absW / (K - a * c)[:, None]
+            d = amax.max(axis=0)
+            d = np.where(d > 0, d, 1.0 / K)  # an all-zero neuron: any step; Grid.fit's choice
+            if per == "layer":
+                d = np.full(n, d.max())
+        else:
+            d = fixed
+            if np.any((absW + a * c[:, None] * d[None, :]).max(axis=0) > K * d):
+                continue
+        feasible[i] = True
+        steps[i] = d
+        bounds[i] = 0.5 * d * np.sqrt(np.sum(f.r[live] ** 2))
+    total = np.sqrt(np.sum(bounds**2, axis=1))
+    if not feasible.any():
+        log.warning("lam_guidance: no candidate lam satisfies the no-clipping condition (K = %d)", K)
+        return LamGuidance(lams, feasible, steps, bounds, total, growth_max, None, None, None, K)
+    idx = int(np.nanargmin(np.where(feasible, total, np.nan)))
+    return LamGuidance(
+        lams, feasible, steps, bounds, total, growth_max, idx, float(lams[idx]), steps[idx], K
+    )
+
+
+def _levels(bits, levels) -> int:
+    if (bits is None) == (levels is None):
+        raise ValueError(f"give exactly one of `bits` and `levels`; got bits={bits!r}, levels={levels!r}")
+    if bits is not None:
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 2 <= bits <= 24:
+            raise ValueError(f"`bits` must be an integer in [2, 24] (symmetric grid); got {bits!r}")
+        return 2 ** (int(bits) - 1) - 1
+    if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 1:
+        raise ValueError(f"`levels` must be an integer K >= 1; got {levels!r}")
+    return int(levels)

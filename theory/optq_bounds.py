@@ -1,0 +1,267 @@
+"""Bounds for deterministic OPTQ: B1 (data-dependent), B2 (structural), B3 (weight growth).
+
+All assume no clipping (the infinite alphabet ``delta * Z``, or a finite one with enough
+levels: B3 says how many). Proofs in theory/README.md.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ptq import options
+from theory._factor import Factors, as_matrix, get_factors, resolve, update_coefficients
+
+
+class StructuralBound(NamedTuple):
+    """What :func:`optq_structural_bound` returns."""
+
+    bound: np.ndarray  # () or (n,): bound on ||X (w - q)||_2 (B2)
+    r_sq_bound: np.ndarray  # (N,) processing order: the bound on r_t^2 used for step t
+    s: np.ndarray  # (N,) processing order: lower bound on s_t used (NaN where not used)
+    order: np.ndarray  # (N,) int64
+    lam: float
+
+
+class WeightBound(NamedTuple):
+    """What :func:`optq_weight_bound` and `stochastic_weight_bound` return."""
+
+    bound: np.ndarray  # (n,): bound on max_{t,j} |w_j(t)| (B3 / S3, per neuron)
+    levels: np.ndarray  # (n,) int64: K = ceil(bound / delta); a grid with >= K levels never clips
+    growth: np.ndarray  # (N,) processing order: c_j (B3: sum_{s<j} |V_sj|; S3: sqrt(sum V_sj^2))
+    update_norm: np.ndarray  # (N,) processing order: ||Xa_{>t}^+ Xa_t||_2 (row norms of V)
+    update_norm_cap: np.ndarray  # (N,): ||X_t|| / (2 sqrt(lam)) >= update_norm (inf if lam = 0)
+    order: np.ndarray  # (N,) int64
+    lam: float
+
+
+def _step(step, n: int | None) -> tuple[np.ndarray, bool]:
+    """step as float64 (n,) (or (1,) when n is None and step scalar); flag: was scalar."""
+    scalar = np.ndim(step) == 0
+    if n is None:
+        n = 1 if scalar else int(np.shape(step)[0]) if np.ndim(step) == 1 else -1
+        if n < 0:
+            raise ValueError(f"`step` must be a scalar or have shape (n,); got shape {np.shape(step)}")
+    return options.check_step(step, n), scalar
+
+
+def _shape_out(values: np.ndarray, scalar: bool):
+    return values[0] if scalar and values.shape == (1,) else values
+
+
+def check_r(r, N: int) -> np.ndarray:
+    """``r`` (N,) positive finite float64 (as `ptq.Result.r`, processing order)."""
+    r = np.asarray(r, dtype=np.float64)
+    if r.shape != (N,):
+        raise ValueError(f"`r` must have shape (N,) = ({N},) (ptq.Result.r); got {r.shape}")
+    if not np.all(np.isfinite(r) & (r > 0)):
+        raise ValueError("`r` must be finite and > 0 (a failed factorisation gives NaN)")
+    return r
+
+
+def live_r_sq_sum(X, r, factors, lam, percdamp, order, order_seed) -> tuple[float, Factors | None]:
+    """``sum_t r_t^2`` over live features (OPTQ has e_t = 0 on dead ones, which it zeroes)."""
+    if r is not None and factors is not None:
+        raise ValueError("give at most one of `r` and `factors`")
+    if r is not None:
+        perm, _, sq = resolve(X, lam, percdamp, order, order_seed)
+        r = check_r(r, X.shape[1])
+        return float(np.sum(r[sq[perm] > 0] ** 2)), None
+    f = get_factors(X, factors, lam, percdamp, order, order_seed)
+    return float(np.sum(f.r[f.live] ** 2)), f
+
+
+def optq_l2_bound(
+    X,
+    step,
+    *,
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: options.Order = "natural",
+    order_seed: int = 0,
+    r=None,
+    factors: Factors | None = None,
+) -> np.ndarray:
+    r"""B1: ``||X (w - q)||_2 <= sqrt(||X(w-q)||^2 + lam ||w-q||^2) <= (delta/2) sqrt(sum_t r_t^2)``.
+
+    From I2, ``||Xa (w - q)||^2 = sum_t e_t^2 r_t^2`` with ``|e_t| <= delta/2`` (round to
+    nearest, no clipping). The sum runs over live features (nonzero columns of X): OPTQ
+    zeroes ``w_t`` on dead ones, so ``e_t = 0`` there. Also the Babai nearest-plane bound.
+
+    Args:
+      X: (m, N) calibration inputs. step: delta, scalar or (n,) (one per neuron).
+      lam, percdamp, order, order_seed: as `ptq.optq`.
+      r: optional ``ptq.Result.r`` (processing order) of a run with the same arguments; then
+        no factorisation is done (cost O(m N)).
+      factors: optional precomputed `theory.Factors` (same arguments).
+
+    Returns:
+      The bound, shaped like ``step`` (() or (n,)). It does not depend on w.
+    """
+    X = as_matrix("X", X)
+    s, scalar = _step(step, None)
+    total, _ = live_r_sq_sum(X, r, factors, lam, percdamp, order, order_seed)
+    return _shape_out(0.5 * s * np.sqrt(total), scalar)
+
+
+def smallest_singular_values(Xp: np.ndarray, breakpoints: int | None = None) -> np.ndarray:
+    r"""Lower bounds ``s_t`` on the smallest nonzero singular value of ``X_{>t}``, t <= N - m.
+
+    For ``t <= N - m`` with ``rank(X_{>t}) = m``, ``s_t^2 = lambda_min(K_t)``,
+    ``K_t = X_{>t} X_{>t}^T = sum_{u > t} X_u X_u^T`` (m x m). ``K_t`` only grows as t decreases,
+    so ``s_t`` is non-increasing in t and ``s_b`` (b >= t) is a valid lower bound for ``s_t``.
+
+    * ``breakpoints=None``: exact, one m x m eigenvalue problem per t: O((N - m) m^3).
+    * ``breakpoints=k``: ``s`` is computed at k indices b (trailing sizes N - b geometric from m
+      to N) and each t uses the next breakpoint b >= t: O(N m^2 + k m^3), a looser bound.
+
+    Returns:
+      (N,) with NaN for t > N - m and where ``X_{>t}`` has rank < m (numerically).
+    """
+    m, N = Xp.shape
+    out = np.full(N, np.nan)
+    T = N - m  # 0-based t in [0, T) has at least m later columns
+    if T <= 0:
+        return out
+    if breakpoints is None:
+        bps = np.arange(T)
+    else:
+        if isinstance(breakpoints, bool) or not isinstance(breakpoints, (int, np.integer)) or breakpoints < 1:
+            raise ValueError(f"`breakpoints` must be an integer >= 1 or None; got {breakpoints!r}")
+        k = np.unique(np.round(m * (N / m) ** np.linspace(0, 1, int(breakpoints) + 1)[1:]).astype(int))
+        # k later columns <=> 0-based t = N - 1 - k; need t in [0, T).
+        bps = np.unique(np.clip(N - 1 - k, 0, T - 1))
+    K = np.zeros((m, m))
+    done = N  # columns >= done are accumulated in K
+    s_at = {}
+    scale = 0.0
+    for b in bps[::-1]:  # decreasing t: K grows
+        block = Xp[:, b + 1 : done]
+        K += block @ block.T
+        done = b + 1
+        ev = np.linalg.eigvalsh(K)
+        scale = max(scale, ev[-1])
+        # rank m only if the smallest eigenvalue is clearly above rounding noise of K
+        s_at[b] = np.sqrt(ev[0]) if ev[0] > 100 * m * np.finfo(float).eps * ev[-1] else np.nan
+    bps_sorted = np.sort(bps)
+    nxt = np.searchsorted(bps_sorted, np.arange(T), side="left")  # first breakpoint >= t
+    out[:T] = [s_at[bps_sorted[i]] for i in nxt]
+    return out
+
+
+def optq_structural_bound(
+    X,
+    step,
+    *,
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: options.Order = "natural",
+    order_seed: int = 0,
+    breakpoints: int | None = None,
+) -> StructuralBound:
+    r"""B2: ``||X(w-q)||^2 + lam ||w-q||^2 <= (delta^2/4) sum_t rbar_t^2`` from column norms.
+
+    Per step (processing order), ``r_t^2 <= rbar_t^2`` with
+
+    * always ``rbar_t^2 = ||X_t||^2 + lam`` (the distance is at most the column's norm);
+    * if ``X_t`` lies in ``span(X_{>t})`` (true for t <= N - m when ``X_{>t}`` has rank m,
+      generic data with N > m), also ``r_t^2 <= lam (1 + ||X_t||^2 / s_t^2)``, ``s_t`` the
+      smallest nonzero singular value of ``X_{>t}``; the smaller of the two is used.
+
+    With N > m and lam -> 0 only the last m processed columns remain,
+    ``(delta^2/4) sum_{t > N-m} ||X_t||^2``: processing columns in decreasing norm order
+    (GPTQ's act_order) minimises it. Dead features are left out (OPTQ has e_t = 0 there).
+
+    Cost: no Cholesky factorisation; O(m N) for the norms plus the singular values, see
+    :func:`smallest_singular_values` (exact: O((N - m) m^3); ``breakpoints=k``:
+    O(N m^2 + k m^3), using that s_t is monotone in t). Nothing to do when N <= m.
+
+    Args:
+      X: (m, N). step: delta, scalar or (n,). lam, percdamp, order, order_seed: as `ptq.optq`.
+      breakpoints: None (exact s_t) or the number of points s is evaluated at.
+
+    Returns:
+      `StructuralBound` (bound shaped like ``step``, per-step ``rbar_t^2``, ``s_t``, order, lam).
+    """
+    X = as_matrix("X", X)
+    s, scalar = _step(step, None)
+    perm, lam, sq = resolve(X, lam, percdamp, order, order_seed)
+    Xp = X[:, perm]
+    sqp = sq[perm]
+    sv = smallest_singular_values(Xp, breakpoints)
+    rbar = sqp + lam
+    with np.errstate(divide="ignore", invalid="ignore"):
+        span_form = lam * (1.0 + sqp / sv**2)
+    use = np.isfinite(span_form)
+    rbar[use] = np.minimum(rbar[use], span_form[use])
+    rbar[sqp == 0] = 0.0  # dead features: e_t = 0
+    return StructuralBound(_shape_out(0.5 * s * np.sqrt(rbar.sum()), scalar), rbar, sv, perm, lam)
+
+
+def weight_bound_from_growth(Wp: np.ndarray, growth: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``max_j (|w_j| + scale * growth_j)`` per neuron (Wp (N, n) processing order)."""
+    return np.max(np.abs(Wp) + growth[:, None] * scale[None, :], axis=0)
+
+
+def levels_for(bound: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Smallest K with ``K delta >= bound``: then ``|z| <= K delta`` rounds inside [-K, K]."""
+    return np.maximum(np.ceil(bound / s), 1).astype(np.int64)
+
+
+def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: str):
+    """Shared body of B3 (kind="l1") and S3 (kind="l2")."""
+    X = as_matrix("X", X)
+    W = as_matrix("W", W)
+    _, N, n = options.check_layer_shapes(X, W)
+    s = options.check_step(step, n)
+    f = get_factors(X, factors, lam, percdamp, order, order_seed)
+    V = update_coefficients(f)
+    off = np.triu(V, 1)  # s < j
+    if kind == "l1":
+        growth = np.abs(off).sum(axis=0)  # c_j = sum_{s<j} |V_sj|
+    else:
+        growth = np.sqrt((off**2).sum(axis=0))  # sqrt(sum_{s<j} V_sj^2)
+    update_norm = np.sqrt((off**2).sum(axis=1))
+    with np.errstate(divide="ignore"):
+        cap = np.sqrt(f.col_sq_norms) / (2.0 * np.sqrt(f.lam)) if f.lam > 0 else np.full(N, np.inf)
+    Wp = np.where(f.live[:, None], W[f.order], 0.0)  # OPTQ zeroes dead features first
+    return f, Wp, s, growth, update_norm, cap
+
+
+def optq_weight_bound(
+    X,
+    W,
+    step,
+    *,
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: options.Order = "natural",
+    order_seed: int = 0,
+    factors: Factors | None = None,
+) -> WeightBound:
+    r"""B3: ``max_{t,j} |w_j(t)| <= max_j (|w_j| + (delta/2) c_j) <= ||w||_inf + (delta/2) max_j c_j``.
+
+    ``w_j(t) - w_j = -sum_{s <= t, s < j} e_s V_sj`` with ``V_sj = U_sj / U_ss`` (OPTQ's fast
+    form), ``|e_s| <= delta/2``, so ``c_j = sum_{s<j} |V_sj|``. The first (per coordinate) form
+    is what is returned; it implies THEORY.md's. If ``K delta >= bound`` no value ever
+    rounded leaves ``[-K delta, K delta]``, so a K-level symmetric grid never clips (by
+    induction on t) and B1 holds for it: ``levels = ceil(bound / delta)``.
+
+    Each update is small when lam > 0: ``||Xa_{>t}^+ Xa_t||_2 <= ||X_t|| / (2 sqrt(lam))``
+    (``update_norm`` <= ``update_norm_cap``); the growth shrinks like 1/sqrt(lam) while B1
+    grows with lam (see `theory.lam_guidance`).
+
+    Cost: the factorisation plus one triangular inverse (N^3/3 flops): B3 needs entries of U.
+
+    Args:
+      X: (m, N). W: (N, n). step: scalar or (n,). Others as `ptq.optq`.
+
+    Returns:
+      `WeightBound`; ``bound`` bounds ``ptq.Result.w_max`` (which covers only rounded values).
+    """
+    f, Wp, s, growth, un, cap = weight_growth(
+        X, W, step, factors, lam, percdamp, order, order_seed, "l1"
+    )
+    bound = weight_bound_from_growth(Wp, growth, 0.5 * s)
+    return WeightBound(bound, levels_for(bound, s), growth, un, cap, f.order, f.lam)

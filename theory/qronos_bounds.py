@@ -1,0 +1,185 @@
+"""Bounds under input mismatch: Qronos (Q1, Q3) and OPTQ ignoring the mismatch (Q2).
+
+``X`` are the full-precision inputs, ``X_hat`` those of the partially quantized model; the
+target is ``y = X w``. With ``Xa = [X; sqrt(lam) I]``, ``Xha = [X_hat; sqrt(lam) I]``,
+``ya = Xa w``, ``Hh = Xha^T Xha = R R^T`` (processing order, ``rh_t = R_tt``) and
+``G = Xha^T Xa = X_hat^T X + lam I``:
+
+* ``wt = Hh^{-1} G w``, the least-squares fit ``argmin_v ||ya - Xha v||``;
+* ``E_LS = ||ya - Xha wt||`` (computed as a residual, not as a difference of squares);
+* ``z_1 = w_1 + ((G - Hh) w)_1 / Hh_11``, the value the paper variant rounds at step 1.
+
+lam, percdamp and the norm orders refer to ``X_hat`` (the factorised matrix), as in
+`ptq.qronos`. Proofs in theory/README.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import numpy as np
+import scipy.linalg
+
+from ptq import options
+from theory._factor import Factors, as_matrix, get_factors, rows_of_M
+from theory.stochastic import check_p, hoeffding_factor
+
+Variant = Literal["paper", "ls_first"]
+VARIANTS = ("paper", "ls_first")
+
+
+class LeastSquares(NamedTuple):
+    """The least-squares quantities of :func:`least_squares` (processing order)."""
+
+    factors: Factors  # the factorisation of Hh
+    W_ls: np.ndarray  # (N, n): wt = Hh^{-1} G w
+    z1: np.ndarray  # (n,): the paper variant's first rounded value
+    E_ls: np.ndarray  # (n,): min_v ||ya - Xha v|| (the floor of Q1/Q2)
+    residual: np.ndarray  # (m, n): X w - X_hat wt, the first m rows of ya - Xha wt
+    Xp: np.ndarray  # (m, N): X in processing order
+    Xhp: np.ndarray  # (m, N): X_hat in processing order
+    Wp: np.ndarray  # (N, n): w in processing order
+
+
+def least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors) -> LeastSquares:
+    """Factor ``Hh`` and compute ``wt``, ``z_1``, ``E_LS`` (O(N^3 + m N^2 + N^2 n))."""
+    X = as_matrix("X", X)
+    X_hat = as_matrix("X_hat", X_hat)
+    W = as_matrix("W", W)
+    options.check_layer_shapes(X, W, X_hat)
+    f = get_factors(X_hat, factors, lam, percdamp, order, order_seed, name="X_hat")
+    Xp, Xhp, Wp = X[:, f.order], X_hat[:, f.order], W[f.order]
+    Y = Xp @ Wp  # the target X w
+    GW = Xhp.T @ Y + f.lam * Wp  # G w without forming G
+    Y1 = scipy.linalg.solve_triangular(f.R, GW, lower=False, check_finite=False)
+    W_ls = scipy.linalg.solve_triangular(f.R, Y1, lower=False, trans=1, check_finite=False)
+    # Hh row 0, with ptq's convention for a zero diagonal (dead first feature, lam = 0)
+    Hh0 = Xhp[:, 0] @ Xhp
+    Hh0[0] += f.lam
+    if Hh0[0] == 0:
+        Hh0[0] = 1.0
+    z1 = Wp[0] + (GW[0] - Hh0 @ Wp) / Hh0[0]
+    res = Y - Xhp @ W_ls
+    E_ls = np.sqrt(np.sum(res**2, axis=0) + f.lam * np.sum((Wp - W_ls) ** 2, axis=0))
+    return LeastSquares(f, W_ls, z1, E_ls, res, Xp, Xhp, Wp)
+
+
+def _check_variant(variant) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}")
+
+
+def qronos_l2_bound(
+    X,
+    X_hat,
+    W,
+    step,
+    *,
+    variant: Variant = "paper",
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: options.Order = "natural",
+    order_seed: int = 0,
+    factors: Factors | None = None,
+) -> np.ndarray:
+    r"""Q1: ``||X w - X_hat q||_2 <= sqrt(E_LS^2 + sum_t b_t^2 rh_t^2)``, per neuron.
+
+    From I5, ``||ya - Xha q||^2 = E_LS^2 + sum_t e_t^2 rh_t^2`` and the left side is
+    ``||Xw - X_hat q||^2 + lam ||w - q||^2``. ``b_t = delta/2`` bounds ``|e_t|``, except for the
+    paper variant at t = 1 where ``e_1 = wt_1 - Q(z_1)``, so ``b_1 = |wt_1 - z_1| + delta/2``.
+    ``E_LS`` is a floor no quantizer (and no real re-fit) goes below. Round to nearest, no
+    clipping.
+
+    Args:
+      X, X_hat: (m, N). W: (N, n). step: scalar or (n,). variant: "paper" or "ls_first".
+      Others as `ptq.qronos` (resolved from X_hat). factors: `theory.Factors` of X_hat.
+
+    Returns:
+      (n,) the bound per neuron (it bounds the augmented error as well).
+    """
+    _check_variant(variant)
+    ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
+    n = ls.Wp.shape[1]
+    s = options.check_step(step, n)
+    rh2 = ls.factors.r**2
+    total = ls.E_ls**2 + (s / 2) ** 2 * rh2.sum()
+    if variant == "paper":
+        b1 = np.abs(ls.W_ls[0] - ls.z1) + s / 2
+        total = total + (b1**2 - (s / 2) ** 2) * rh2[0]
+    return np.sqrt(total)
+
+
+def optq_mismatch_l2_bound(
+    X,
+    X_hat,
+    W,
+    step,
+    *,
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: options.Order = "natural",
+    order_seed: int = 0,
+    factors: Factors | None = None,
+) -> np.ndarray:
+    r"""Q2: OPTQ on ``X_hat`` ignoring the mismatch (``q = ptq.optq(X_hat, W, ...).Q``) satisfies
+    ``||X w - X_hat q||_2 <= sqrt(E_LS^2 + (||Xha (wt - w')|| + (delta/2) sqrt(sum_t rh_t^2))^2)``.
+
+    ``w'`` is ``w`` with the dead features of ``X_hat`` zeroed (what OPTQ starts from; ``w' = w``
+    when X_hat has no zero column) and the sum runs over live features. From
+    ``ya - Xha q = (ya - Xha wt) + Xha (wt - w') + Xha (w' - q)``, the first term orthogonal
+    to ``range(Xha)``, and B1 for the last. Qronos removes the middle, correctable term.
+
+    Returns:
+      (n,) the bound per neuron.
+    """
+    ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
+    f = ls.factors
+    n = ls.Wp.shape[1]
+    s = options.check_step(step, n)
+    Wz = np.where(f.live[:, None], ls.Wp, 0.0)
+    D = ls.W_ls - Wz
+    # ||Xha (wt - w')||; a dead feature with lam = 0 has (wt - w')_t = 0, so ptq's unit
+    # diagonal convention adds nothing.
+    corr = np.sqrt(np.sum((ls.Xhp @ D) ** 2, axis=0) + f.lam * np.sum(D**2, axis=0))
+    quant = 0.5 * s * np.sqrt(np.sum(f.r[f.live] ** 2))
+    return np.sqrt(ls.E_ls**2 + (corr + quant) ** 2)
+
+
+def qronos_linf_bound(
+    X,
+    X_hat,
+    W,
+    step,
+    *,
+    p: float = 0.05,
+    variant: Variant = "paper",
+    lam: float | None = None,
+    percdamp: float | None = None,
+    order: options.Order = "natural",
+    order_seed: int = 0,
+    factors: Factors | None = None,
+) -> np.ndarray:
+    r"""Q3: stochastic Qronos, with probability >= 1 - p,
+    ``||X w - X_hat q||_inf <= ||c||_inf + delta sqrt(log(2m/p)/2) max_i ||Mh_i||``.
+
+    ``X w - X_hat q = (X w - X_hat wt) + sum_t e_t Mh_t`` (rows 1..m of I5/I4, ``Mh`` the M of
+    X_hat). For "ls_first" every ``e_t`` is a martingale increment, so ``c = X w - X_hat wt``
+    (THEORY.md's form). For "paper", ``e_1 = (wt_1 - z_1) + (z_1 - Qs(z_1))`` has mean
+    ``wt_1 - z_1``, a deterministic offset that joins the centre:
+    ``c = X w - X_hat wt + (wt_1 - z_1) Mh_1`` (THEORY.md's form omits it; see README).
+
+    Returns:
+      (n,) the bound per neuron.
+    """
+    _check_variant(variant)
+    p = check_p(p)
+    ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
+    m = ls.Xp.shape[0]
+    n = ls.Wp.shape[1]
+    s = options.check_step(step, n)
+    MX = rows_of_M(ls.Xhp, ls.factors)
+    centre = ls.residual
+    if variant == "paper":
+        centre = centre + MX[:, :1] * (ls.W_ls[0] - ls.z1)[None, :]
+    row = np.sqrt(np.max(np.einsum("ij,ij->i", MX, MX)))
+    return np.max(np.abs(centre), axis=0) + s * hoeffding_factor(m, p) * row
