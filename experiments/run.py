@@ -1,0 +1,241 @@
+"""One Hydra run = one record: quantize one layer, measure its errors, evaluate every bound.
+
+    python -m experiments.run                                  # defaults: gaussian, optq, 4 bits
+    python -m experiments.run data=low_rank algorithm=qronos data.mismatch=0.1
+    python -m experiments.run -m +experiment=order size=smoke  # a figure's sweep (joblib)
+
+`run(cfg)` is the whole job; the Hydra app and `experiments.reproduce` both call it. It
+validates the config (a bad value raises before anything is written), skips the run if an
+``ok`` record with the same config already exists, and otherwise writes a record, an
+``error`` record with the traceback when the algorithm or a bound fails, so that a sweep goes
+on. The library calls get plain keyword arguments, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import bounds, data, records, schema
+
+log = logging.getLogger(__name__)
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+schema.register()
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str | None]:
+    """Versions of everything that can change a number, and the git commit if in a clone."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("provable-ptq", "numpy", "scipy", "jax", "jaxlib", "hydra-core", "omegaconf"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    try:
+        root = os.path.dirname(CONF_DIR)
+        out["git_commit"] = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def make_grid(g: schema.GridConfig, W: np.ndarray):
+    """The `ptq.Grid` a grid config describes, for the weights W (N, n)."""
+    import ptq
+
+    if g.step is not None:
+        return ptq.Grid.symmetric(np.full(W.shape[1], g.step), g.levels)
+    grid = ptq.Grid.fit(W, g.bits, kind=g.kind.value, per=g.per.value, mse=g.mse)
+    if not g.finite:  # the same step, every multiple of it allowed: nothing clips
+        grid = ptq.Grid.symmetric(grid.step, None)
+    return grid
+
+
+def quantize(a: schema.AlgorithmConfig, layer: data.Layer, grid, seed: int):
+    """Run the configured algorithm; returns (Q, Result or None for RTN)."""
+    import jax
+    import ptq
+
+    if a.method == schema.Method.rtn:
+        return np.asarray(ptq.rtn(layer.W, grid).Q, dtype=np.float64), None
+    kw = dict(lam=a.lam, percdamp=a.percdamp, order=a.order.value, order_seed=a.order_seed,
+              rounding=a.rounding.value, block_size=a.block_size,
+              key=jax.random.key(seed) if a.rounding == schema.Rounding.stochastic else None)
+    if a.method == schema.Method.optq:
+        # OPTQ factorises the inputs the quantized model sees (X_hat; X when no mismatch).
+        result = ptq.optq(layer.X_hat, layer.W, grid, **kw)
+    else:
+        result = ptq.qronos(layer.X, layer.X_hat, layer.W, grid, variant=a.variant.value, **kw)
+    jax.block_until_ready(result.Q)
+    return np.asarray(result.Q, dtype=np.float64), result
+
+
+def floor_ls(X, X_hat, W, lam: float) -> np.ndarray:
+    """``E_LS = min_v ||Xa w - Xha v||`` per neuron (THEORY.md I5), with ridge ``lam``."""
+    N = X.shape[1]
+    Xa = np.vstack([X, np.sqrt(lam) * np.eye(N)]) if lam > 0 else X
+    Xha = np.vstack([X_hat, np.sqrt(lam) * np.eye(N)]) if lam > 0 else X_hat
+    Y = Xa @ W
+    V = np.linalg.lstsq(Xha, Y, rcond=None)[0]
+    return np.linalg.norm(Y - Xha @ V, axis=0)
+
+
+def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-neuron measurements, float64 (shape (n,) each).
+
+    err2, errinf: ``||X w - X_hat q||`` in the 2- and inf-norm (the layer's output error);
+    err2_self, errinf_self: ``||X_f (w - q)||`` for the factorised ``X_f = X_hat``;
+    err2_aug: ``sqrt(||X_f (w-q)||^2 + lam ||w-q||^2)`` (B1, B2, S1); err2_pair_aug:
+    ``sqrt(||X w - X_hat q||^2 + lam ||w-q||^2)`` (Q1, Q2); w_max: the largest
+    weight the recursion rounded (``Result.w_max``; ``|w|`` for RTN); k_used: the largest
+    ``|q|/delta`` used, the alphabet the run needed; e_ls0: ``min_v ||X w - X_hat v||``, the
+    floor of every quantizer under mismatch.
+    """
+    X, X_hat, W = layer.X, layer.X_hat, layer.W
+    D = X @ W - X_hat @ Q
+    S = X_hat @ (W - Q)
+    lam = float(result.lam) if result is not None else 0.0
+    w_max = (np.asarray(result.w_max, dtype=np.float64) if result is not None
+             else np.abs(W).max(axis=0))
+    out = {
+        "err2": np.linalg.norm(D, axis=0),
+        "errinf": np.abs(D).max(axis=0),
+        "err2_self": np.linalg.norm(S, axis=0),
+        "errinf_self": np.abs(S).max(axis=0),
+        "err2_aug": np.sqrt(np.sum(S**2, axis=0) + lam * np.sum((W - Q) ** 2, axis=0)),
+        "err2_pair_aug": np.sqrt(np.sum(D**2, axis=0) + lam * np.sum((W - Q) ** 2, axis=0)),
+        "w_max": w_max,
+        "w_max_over_step": w_max / step,
+        "k_used": np.abs(np.rint(Q / step)).max(axis=0),
+        "w_inf": np.abs(W).max(axis=0),
+    }
+    if not np.array_equal(X, X_hat):
+        out["e_ls0"] = floor_ls(X, X_hat, W, 0.0)
+        out["e_ls"] = floor_ls(X, X_hat, W, lam)
+    return out
+
+
+def clipped(result, step: np.ndarray, rounding: str, skip_first: bool, rtol: float) -> bool:
+    """Whether any rounding clipped, read off the per-step errors: without clipping
+    ``|e_t| <= delta/2`` (nearest) or ``< delta`` (stochastic). Qronos' paper form has
+    ``e_1 = wt_1 - Q(z_1)``, not a rounding error, so its first row is skipped."""
+    if result is None:
+        return False
+    e = np.abs(np.asarray(result.e, dtype=np.float64))[1 if skip_first else 0:]
+    limit = step * (0.5 if rounding == "nearest" else 1.0) * (1 + rtol)
+    return bool((e > limit).any())
+
+
+def _summary(measured: dict[str, np.ndarray]) -> dict[str, float]:
+    """Layer-level aggregates: Frobenius norm, mean and max over neurons."""
+    out = {}
+    for k in ("err2", "err2_self"):
+        out[f"{k}_fro"] = float(np.sqrt(np.sum(measured[k] ** 2)))
+        out[f"{k}_mean"] = float(measured[k].mean())
+    for k in ("errinf", "errinf_self", "w_max", "k_used"):
+        out[f"{k}_max"] = float(measured[k].max())
+    return out
+
+
+def compute(spec: schema.Config, layer: data.Layer) -> dict[str, Any]:
+    """The body of a record for a validated config and its layer (raises on failure)."""
+    t0 = time.perf_counter()
+    grid = make_grid(spec.grid, layer.W)
+    step = np.broadcast_to(np.asarray(grid.step, dtype=np.float64), (layer.W.shape[1],)).copy()
+    Q, result = quantize(spec.algorithm, layer, grid, spec.seed)
+    t1 = time.perf_counter()
+    a = spec.algorithm
+    measured = measure(layer, Q, result, step)
+    rtol = bounds.RTOL[spec.precision.value]
+    is_paper = a.method == schema.Method.qronos and a.variant == schema.Variant.paper
+    clip = clipped(result, step, a.rounding.value, is_paper, rtol)
+    mismatched = not np.array_equal(layer.X, layer.X_hat)
+    names = bounds.applicable(a.method.value, a.rounding.value, mismatched)
+    lam = float(result.lam) if result is not None else None
+    order = np.asarray(result.order) if result is not None else None
+    evaluated = bounds.evaluate(
+        names, X_f=layer.X_hat, X=layer.X, X_hat=layer.X_hat, W=layer.W, step=step, lam=lam,
+        order=order, variant=a.variant.value, p=spec.p, measured=measured, clipped=clip,
+        precision=spec.precision.value,
+    ) if names else {}
+    t2 = time.perf_counter()
+    K = None if not grid.is_finite else float(min(-np.min(grid.index_bounds()[0]),
+                                                  np.min(grid.index_bounds()[1])))
+    return {
+        "shapes": dict(zip(("m", "N", "n"), (*layer.X.shape, layer.W.shape[1]))),
+        "data_source": layer.source,
+        "lam": lam,
+        "order": order.tolist() if order is not None else None,
+        "step": step.tolist(),
+        "K": K,
+        "clipped": clip,
+        "mismatched": mismatched,
+        "measured": {k: v.tolist() for k, v in measured.items()},
+        "summary": _summary(measured),
+        "bounds": evaluated,
+        "wall_s": {"algorithm": t1 - t0, "bounds": t2 - t1},
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, skip if recorded, else compute and write one record; returns the record.
+
+    Raises ValueError (and writes nothing) for an invalid config or unreadable data; any
+    other failure is written as an ``error`` record and returned.
+    """
+    import jax
+
+    spec = schema.validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config.pop("hydra", None)
+    path = records.record_path(spec.out_dir, config)
+    old = records.read(path)
+    if old is not None and old.get("status") == "ok":
+        log.info("skip %s (recorded)", os.path.basename(path))
+        return dict(old, skipped=True)
+    layer = data.load(spec.data)  # bad files raise here, before any record is written
+    record: dict[str, Any] = {
+        "id": records.run_id(config), "name": spec.name, "config": config, "seed": spec.seed,
+        "versions": versions(), "created": datetime.datetime.now(datetime.UTC).isoformat(),
+    }
+    x64 = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", spec.precision == schema.Precision.float64)
+    t0 = time.perf_counter()
+    try:
+        record.update(compute(spec, layer), status="ok")
+    except Exception as exc:  # the sweep goes on; the record keeps the traceback
+        log.error("run %s failed: %s: %s", os.path.basename(path), type(exc).__name__, exc)
+        record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc())
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+    record.setdefault("wall_s", {})["total"] = time.perf_counter() - t0
+    records.write_atomic(path, record)
+    log.info("%s %s", record["status"], path)
+    return record
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> str:
+    return run(cfg)["status"]
+
+
+if __name__ == "__main__":
+    main()
