@@ -114,11 +114,12 @@ def measure(X, X_hat, W, Q, result, algorithm: str) -> dict:
     X64, Xh64, W64 = (np.asarray(a, np.float64) for a in (X, X_hat, W))
     Q64 = np.asarray(Q, np.float64)
     target = X64 @ W64
-    D = target - Xh64 @ Q64
+    S = Xh64 @ (W64 - Q64)  # X_hat (W - Q): the error OPTQ controls
+    D = (target - Xh64 @ W64) + S  # = X W - X_hat Q
     rec = {
         "err2": np.linalg.norm(D, axis=0),
         "errinf": np.abs(D).max(axis=0),
-        "self2": np.linalg.norm(Xh64 @ (W64 - Q64), axis=0),
+        "self2": np.linalg.norm(S, axis=0),
         "rel_err": float(np.linalg.norm(D) / np.linalg.norm(target)),
         "input_mismatch": float(np.linalg.norm(X64 - Xh64) / np.linalg.norm(X64)),
     }
