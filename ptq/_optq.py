@@ -62,7 +62,7 @@ def optq(
       ValueError: on bad shapes, NaN/Inf, bad options, or when H is not positive definite
         (for example N > m with lam = 0): it never returns unquantized weights.
 
-    References: Frantar et al., GPTQ, arXiv:2210.17323; Zhang et al., Provable PTQ,
+    References: Frantar et al., GPTQ, arXiv:2210.17323; H. Zhang et al., Provable PTQ,
     arXiv:2508.04853. Differs from the reference GPTQ code in ties (rounded up here, to even
     there) and in computing ``U`` from one Cholesky factorisation (mathematically equal).
     """

@@ -61,7 +61,8 @@ def qronos(
     Returns:
       `ptq.Result` with ``W_start = wt``, the least-squares fit (original order).
 
-    References: Zhang, Sun, Saab, Qronos, arXiv:2505.11695; Provable PTQ, arXiv:2508.04853.
+    References: S. Zhang, H. Zhang, I. Colbert, R. Saab, Qronos, arXiv:2505.11695; H. Zhang,
+    S. Zhang, I. Colbert, R. Saab, Provable PTQ, arXiv:2508.04853.
     Differs from Brevitas' ``qronos.py``, which warns and leaves the layer unquantized when
     the factorisation fails: here that raises.
     """
