@@ -143,6 +143,20 @@ def clipped(result, step: np.ndarray, rounding: str, skip_first: bool, rtol: flo
     return bool((e > limit).any())
 
 
+def guidance(spec: schema.Config, layer: data.Layer, order) -> dict[str, Any]:
+    """`theory.lam_guidance` for this layer: the lam minimising B1 (S1) at the smallest step
+    for which B3 (S3) guarantees that a K-level grid never clips, K from ``grid.bits``."""
+    import theory
+
+    g = theory.lam_guidance(
+        layer.X_hat, layer.W, bits=spec.grid.bits, rounding=spec.algorithm.rounding.value,
+        p=spec.p, per=spec.grid.per.value, order=order,
+    )
+    return {"lam": g.lam, "levels": g.levels, "lams": g.lams.tolist(),
+            "feasible": g.feasible.tolist(), "total": g.total.tolist(), "growth": g.growth.tolist(),
+            "step_mean": np.nanmean(g.step, axis=1).tolist()}
+
+
 def _summary(measured: dict[str, np.ndarray]) -> dict[str, float]:
     """Layer-level aggregates: Frobenius norm, mean and max over neurons."""
     out = {}
@@ -175,6 +189,7 @@ def compute(spec: schema.Config, layer: data.Layer) -> dict[str, Any]:
         order=order, variant=a.variant.value, p=spec.p, measured=measured, clipped=clip,
         precision=spec.precision.value,
     ) if names else {}
+    guide = guidance(spec, layer, order) if spec.guidance and order is not None else None
     t2 = time.perf_counter()
     K = None if not grid.is_finite else float(min(-np.min(grid.index_bounds()[0]),
                                                   np.min(grid.index_bounds()[1])))
@@ -190,6 +205,7 @@ def compute(spec: schema.Config, layer: data.Layer) -> dict[str, Any]:
         "measured": {k: v.tolist() for k, v in measured.items()},
         "summary": _summary(measured),
         "bounds": evaluated,
+        "guidance": guide,
         "wall_s": {"algorithm": t1 - t0, "bounds": t2 - t1},
     }
 

@@ -178,7 +178,8 @@ class Config:
     seed: int = 0  # stochastic rounding key (jax.random.key(seed))
     p: float = 0.05  # failure probability of the high-probability bounds S2, S3, Q3
     precision: Precision = Precision.float64
-    out_dir: str = "runs/${name}"
+    guidance: bool = False  # also record theory.lam_guidance for this layer and grid
+    out_dir: str = "runs/${size}/${name}"
     size: Size = Size.default  # which entry of `sizes` the sweep uses
     sizes: Dict[str, Dict[str, str]] = field(default_factory=dict)  # size -> sweep params
 

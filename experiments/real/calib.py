@@ -61,3 +61,51 @@ def layer_data(layer: int, kind: str, *, n_tokens: int = activations.DEFAULT_TOK
         X_hat = sequential.run(o, n_tokens=n_tokens, stop_at=name)
     return LayerData(name, int(layer), kind, X, np.asarray(W), np.asarray(b), X_hat,
                      fp.batch.lengths)
+
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def parse_layer(layer: str) -> tuple[int, str]:
+    """``"3.intermediate"`` or ``"encoder.layer.3.intermediate.dense"`` -> ``(3, "intermediate")``."""
+    s = str(layer)
+    for i in range(6):
+        for kind in KINDS:
+            if s in (f"{i}.{kind}", layer_name(i, kind)):
+                return i, kind
+    raise ValueError(
+        f"`data.layer` must be '<block 0-5>.<kind>' with kind in {KINDS} (e.g. '3.intermediate') "
+        f"or a PyTorch name such as {layer_name(3, 'intermediate')!r}; got {layer!r}"
+    )
+
+
+def load(data):
+    """The ``real`` data family of `experiments.data.load`: one layer as float64 `Layer`.
+
+    Reads from the data config: ``layer`` ("3.intermediate" or the PyTorch name; default
+    "0.query"), ``model`` (must be "all-MiniLM-L6-v2" or unset) and ``extra``:
+    ``tokens`` (m, default 2048), ``upstream`` (algorithm quantizing the earlier layers:
+    "rtn" | "optq" | "qronos", or None for X_hat = X), ``upstream_bits`` (default 4) and
+    ``upstream_<option>`` for any other `sequential.Options` field (grid, mse, percdamp, ...).
+    """
+    from experiments.data import Layer
+
+    get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
+    model = get("model")
+    if model not in (None, MODEL_NAME):
+        raise ValueError(f"`data.model` must be {MODEL_NAME!r} (or unset); got {model!r}")
+    layer, kind = parse_layer(get("layer") or "0.query")
+    extra = dict(get("extra") or {})
+    tokens = int(extra.pop("tokens", activations.DEFAULT_TOKENS))
+    upstream = extra.pop("upstream", None)
+    bits = int(extra.pop("upstream_bits", 4))
+    bad = [k for k in extra if not k.startswith("upstream_")
+           or k[len("upstream_"):] not in sequential.Options._fields]
+    if bad:
+        raise ValueError(f"unknown `data.extra` keys {bad}; expected tokens, upstream, "
+                         f"upstream_bits, upstream_<{'|'.join(sequential.Options._fields[2:])}>")
+    options = {k[len("upstream_"):]: v for k, v in extra.items()}
+    d = layer_data(layer, kind, n_tokens=tokens, algorithm=upstream, bits=bits, **options)
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    source = f"real:{MODEL_NAME}:{d.name}:tokens={tokens}:upstream={upstream}@{bits}"
+    return Layer(f64(d.X), f64(d.X_hat), f64(d.W), source)

@@ -1,0 +1,65 @@
+"""``python -m experiments.bench``: time ptq against the peers and the machine limit.
+
+    python -m experiments.bench                                   # the full run (figures/bench*)
+    python -m experiments.bench --sizes 512 1024 --repeats 3 --peers torch
+    python -m experiments.bench --sizes 64 128 --repeats 1 --peers none --sweep-sizes 128 \
+        --theory-n 128 --check-n 64 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from experiments.bench import core, report
+
+
+def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
+    d = core.Options()
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="values of N")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls after warm-up")
+    p.add_argument("--peers", nargs="+", default=list(d.peers), choices=["torch", "qwix", "none"])
+    p.add_argument("--qwix-max-n", type=int, default=d.qwix_max_n)
+    p.add_argument("--qwix-repeats", type=int, default=d.qwix_repeats)
+    p.add_argument("--qwix-budget", type=float, default=d.qwix_budget_s,
+                   help="skip qwix at N when its predicted time (from the last N) exceeds this [s]")
+    p.add_argument("--bits", type=int, default=d.bits)
+    p.add_argument("--block-size", type=int, default=d.block_size)
+    p.add_argument("--sweep-sizes", type=int, nargs="*", default=list(d.sweep_sizes))
+    p.add_argument("--sweep-blocks", type=int, nargs="+", default=list(d.sweep_blocks))
+    p.add_argument("--check-n", type=int, default=d.check_n, help="0 skips the torch check")
+    p.add_argument("--theory-n", type=int, default=d.theory_n, help="0 skips the theory timing")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default="figures", help="output folder")
+    p.add_argument("--stem", default="bench", help="file name stem")
+    p.add_argument("--note", default="", help="a line for the report (e.g. machine state)")
+    a = p.parse_args(argv)
+    opt = core.Options(
+        sizes=tuple(a.sizes), repeats=a.repeats,
+        peers=tuple(x for x in a.peers if x != "none"), qwix_max_n=a.qwix_max_n,
+        qwix_repeats=a.qwix_repeats, qwix_budget_s=a.qwix_budget, bits=a.bits,
+        block_size=a.block_size, sweep_sizes=tuple(a.sweep_sizes),
+        sweep_blocks=tuple(a.sweep_blocks), check_n=a.check_n, theory_n=a.theory_n or None,
+        seed=a.seed,
+    )
+    return opt, a
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt, a = parse(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)
+    res = core.run(opt, progress=lambda msg: print(msg, flush=True))
+    paths = report.write(res, a.out, a.stem, command.strip(), a.note)
+    print(report.markdown(res, command.strip(), a.note))
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

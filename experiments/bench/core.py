@@ -1,0 +1,387 @@
+"""The benchmark itself: every measurement of one run, returned as plain rows (dicts).
+
+Per size N (m = 2N calibration rows, n = N neurons, float32, 4-bit GPTQ min-max grid):
+
+* ``ptq.optq`` from X (Gram included) and its parts: the symmetric Gram ``X^T X``, the
+  "from H" part (regularise + order + one Cholesky + kernel + mapping back), the kernel alone;
+* ``ptq.qronos`` from X and X_hat, and its extra parts (``X_hat^T X``, the least-squares fit);
+* the canonical PyTorch GPTQ (`peers.torch_gptq`) from X (``X^T X`` in torch included), its
+  ``X^T X`` alone and its three factorisations alone;
+* qwix's GPTQ eagerly (H included), first call and steady state, where it fits the budget;
+* the machine: the float32 matrix-product rate and one Cholesky of H timed alone, giving
+
+      limit(N) = t_chol(N) + (n N^2 + m N^2) / rate
+
+  ``n N^2`` = the OPTQ updates (sum over t of 2 n (t-1) multiply-adds below the diagonal of
+  the triangular factor) and ``m N^2`` = the symmetric Gram ``X^T X`` (half of a general
+  product's ``2 m N^2``, what a SYRK does); ``rate`` = the best GFLOP/s of square
+  ``jnp.dot`` over the measured sizes. Rounding, Cholesky flops (timed instead) and copies are
+  not counted, so no implementation of OPTQ from X can beat it on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ptq
+from ptq import layer
+from ptq._optq import _ordered_factor, run_ordered
+from ptq._qronos import _least_squares
+from ptq.kernel import quantize_ordered
+from experiments.bench import peers, timing
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What one benchmark run measures (the CLI flags of ``python -m experiments.bench``)."""
+
+    sizes: tuple[int, ...] = (512, 1024, 2048, 4096)
+    repeats: int = 5  # timed calls after the warm-up; medians are reported
+    peers: tuple[str, ...] = ("torch", "qwix")
+    qwix_max_n: int = 2048  # qwix runs eagerly only up to this N ...
+    qwix_repeats: int = 1  # ... with this many timed calls after its first call ...
+    qwix_budget_s: float = 400.0  # ... and is skipped when its predicted time exceeds this
+    bits: int = 4
+    block_size: int = 128
+    sweep_sizes: tuple[int, ...] = (2048, 4096)
+    sweep_blocks: tuple[int, ...] = (32, 64, 128, 256, 512)
+    check_n: int = 512  # size of the ptq-vs-torch agreement check (0: skip)
+    theory_n: int | None = 4096  # size at which the theory bounds are timed (None: skip)
+    seed: int = 0
+
+
+def make_data(N: int, seed: int):
+    """X (2N, N), X_hat = X + 0.1 noise, W (N, N), all float32 NumPy, standard normal."""
+    rng = np.random.default_rng(seed + N)
+    X = rng.standard_normal((2 * N, N), dtype=np.float32)
+    X_hat = X + np.float32(0.1) * rng.standard_normal((2 * N, N), dtype=np.float32)
+    W = rng.standard_normal((N, N), dtype=np.float32)
+    return X, X_hat, W
+
+
+def flops_limit(N: int, m: int, n: int) -> float:
+    """Flops counted in the machine limit: updates ``n N^2`` + symmetric Gram ``m N^2``."""
+    return float(n * N * N + m * N * N)
+
+
+# ----------------------------------------------------------------------------- ptq
+def measure_ptq(N: int, opt: Options, row: dict) -> dict:
+    """Time ptq.optq / ptq.qronos and their parts at size N; fills ``row``; returns state."""
+    X, X_hat, W = make_data(N, opt.seed)
+    m, n, B = X.shape[0], W.shape[1], min(opt.block_size, N)
+    Xd, Xhd, Wd = (jax.device_put(A) for A in (X, X_hat, W))
+    grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
+    row["dtype"] = str(Xd.dtype)
+
+    t = timing.time_call(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q, opt.repeats)
+    row.update(optq_s=t.median, optq_first_s=t.first, optq_compile_s=t.first - t.median)
+    t = timing.time_call(lambda: ptq.qronos(Xd, Xhd, Wd, grid, block_size=B).Q, opt.repeats)
+    row.update(qronos_s=t.median, qronos_first_s=t.first, qronos_compile_s=t.first - t.median)
+
+    # The parts of optq, with the arguments ptq.optq builds (natural order, percdamp 0.01).
+    XtX = layer.gram_sym(Xd)
+    lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
+    perm = np.arange(N)
+    p = jnp.asarray(perm)
+    row["gram_s"] = timing.time_call(lambda: layer.gram_sym(Xd), opt.repeats).median
+
+    def from_h():
+        R = _ordered_factor(XtX, lam, p)
+        return run_ordered(R, Wd, grid, perm, lam, m, "X", "nearest", None, B).Q
+
+    row["optq_from_h_s"] = timing.time_call(from_h, opt.repeats).median
+    R = _ordered_factor(XtX, lam, p)
+    kernel = _kernel_fn(R, Wd, grid, B)
+    row["kernel_s"] = timing.time_call(kernel, opt.repeats).median
+    H = layer.regularise(XtX, lam)
+    row["chol_s"] = timing.cholesky_time(H, opt.repeats).median
+    row["qronos_cross_gram_s"] = timing.time_call(lambda: layer.gram(Xhd, Xd), opt.repeats).median
+    XhXh, XhX = layer.gram_sym(Xhd), layer.gram(Xhd, Xd)
+    lam_h = 0.01 * float(jnp.mean(jnp.diagonal(XhXh)))
+    row["qronos_lsq_s"] = timing.time_call(
+        lambda: _least_squares(XhXh, XhX, Wd, lam_h, p), opt.repeats
+    ).median
+
+    row["optq_peak_mb"] = timing.peak_memory(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q) / 2**20
+    row["qronos_peak_mb"] = (
+        timing.peak_memory(lambda: ptq.qronos(Xd, Xhd, Wd, grid, block_size=B).Q) / 2**20
+    )
+    dev = timing.device_peak()
+    row["device_peak_mb"] = dev / 2**20 if dev is not None else math.nan
+
+    # Compile times of the jitted pieces, from cleared caches (lower + compile each).
+    jax.clear_caches()
+    pieces = {
+        "gram_sym": lambda: layer.gram_sym.lower(Xd),
+        "factor": lambda: _ordered_factor.lower(XtX, lam, p),
+        "kernel": lambda: _kernel_lowering(R, Wd, grid, B),
+        "cross_gram": lambda: layer.gram.lower(Xhd, Xd),
+        "least_squares": lambda: _least_squares.lower(XhXh, XhX, Wd, lam_h, p),
+    }
+    total = 0.0
+    for name, lower in pieces.items():
+        t0 = time.perf_counter()
+        compiled = lower().compile()
+        row[f"compile_{name}_s"] = dt = time.perf_counter() - t0
+        total += dt
+        if name == "kernel":
+            row["kernel_xla_mb"] = _xla_bytes(compiled) / 2**20
+    row["compile_pieces_s"] = total
+    return {"X": X, "X_hat": X_hat, "W": W, "grid": grid, "B": B}
+
+
+def _kernel_fn(R, Wd, grid, B):
+    return lambda: quantize_ordered(
+        R, Wd, grid, None, None, block_size=B, stochastic=False, first_override=False
+    )
+
+
+def _kernel_lowering(R, Wd, grid, B):
+    return quantize_ordered.lower(
+        R, Wd, grid, None, None, block_size=B, stochastic=False, first_override=False
+    )
+
+
+def _xla_bytes(compiled) -> float:
+    """Arguments + outputs + temporaries of a compiled program (XLA's memory analysis)."""
+    try:
+        a = compiled.memory_analysis()
+        return float(a.argument_size_in_bytes + a.output_size_in_bytes + a.temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return math.nan
+
+
+# ----------------------------------------------------------------------------- peers
+def measure_torch(N: int, state: dict, opt: Options, row: dict) -> None:
+    import torch
+
+    X, W = state["X"], state["W"]
+    Xt, Wt = peers.to_torch(X), peers.to_torch(np.ascontiguousarray(W.T))
+    scale, zero = peers.torch_minmax_params(Wt, opt.bits)
+    B = state["B"]
+
+    def total():
+        return peers.torch_gptq(Wt, peers.torch_gram(Xt), scale, zero, bits=opt.bits, blocksize=B).Q
+
+    t = timing.time_call(total, opt.repeats)
+    row.update(torch_s=t.median, torch_first_s=t.first)
+    row["torch_gram_s"] = timing.time_call(lambda: peers.torch_gram(Xt), opt.repeats).median
+    row["torch_from_h_s"] = row["torch_s"] - row["torch_gram_s"]
+    H = peers.torch_gram(Xt)
+    row["torch_factor_s"] = timing.time_call(
+        lambda: peers.torch_factor(H.clone(), 0.01), opt.repeats
+    ).median
+    row["torch_peak_mb"] = timing.peak_memory(total) / 2**20
+    row["torch_threads"] = torch.get_num_threads()
+
+
+def measure_qwix(N: int, state: dict, opt: Options, row: dict, history: list) -> None:
+    """qwix eagerly; skipped (reason in ``row['qwix_note']``) above ``qwix_max_n`` or budget."""
+    if N > opt.qwix_max_n:
+        row["qwix_note"] = f"skipped: N > qwix_max_n = {opt.qwix_max_n}"
+        return
+    if history:  # predicted from the last size: first call and loop both grow ~4x per doubling
+        N0, first0, steady0 = history[-1]
+        g = (N / N0) ** 2
+        predicted = g * (first0 + opt.qwix_repeats * steady0)
+        if predicted > opt.qwix_budget_s:
+            row["qwix_note"] = (
+                f"skipped: predicted {predicted:.0f} s > qwix_budget_s = {opt.qwix_budget_s:g}"
+            )
+            return
+    run = peers.qwix_runner(opt.bits)
+    Wr, Xd = jax.device_put(np.ascontiguousarray(state["W"].T)), jax.device_put(state["X"])
+    t = timing.time_call(lambda: run(Wr, Xd), opt.qwix_repeats)
+    row.update(qwix_s=t.median, qwix_first_s=t.first, qwix_note="eager, symmetric absmax grid")
+    history.append((N, t.first, t.median))
+
+
+# ----------------------------------------------------------------------------- checks
+def agreement(N: int, opt: Options, dtype: str) -> dict:
+    """ptq.optq vs the torch GPTQ on the same asymmetric per-row grid and order, at size N.
+
+    Codes can differ where float rounding moves a value across a rounding boundary, and a
+    flipped code changes every later step of its neuron, so the check reports the fraction of
+    equal codes, the grid's own scale/zero difference, and the relative difference of the
+    layer errors ``||X (W - Q)||_F``.
+    """
+    import torch
+
+    X, _, W = make_data(N, opt.seed)
+    np_dtype = np.float64 if dtype == "float64" else np.float32
+    X, W = X.astype(np_dtype), W.astype(np_dtype)
+    with jax.enable_x64(dtype == "float64"):
+        grid = ptq.Grid.fit(jnp.asarray(W), opt.bits, kind="asymmetric", per="neuron")
+        res = ptq.optq(X, W, grid, percdamp=0.01, block_size=min(opt.block_size, N))
+        Q_ptq = np.asarray(res.Q, dtype=np.float64)
+        codes_ptq = np.asarray(res.codes)
+        step, zero = np.asarray(grid.step, np.float64), np.asarray(grid.zero, np.float64)
+    Xt, Wt = peers.to_torch(X), peers.to_torch(np.ascontiguousarray(W.T))
+    scale, tzero = peers.torch_minmax_params(Wt, opt.bits)
+    Q_t = peers.torch_gptq(Wt, peers.torch_gram(Xt), scale, tzero, bits=opt.bits).Q
+    Q_torch = Q_t.numpy().astype(np.float64).T
+    codes_torch = np.rint(Q_torch / step + zero)
+
+    def err(Q):
+        return np.linalg.norm(X.astype(np.float64) @ (W.astype(np.float64) - Q))
+
+    return {
+        "N": N,
+        "dtype": dtype,
+        "grid_scale_max_rel_diff": float(np.max(np.abs(scale.numpy()[:, 0] - step) / step)),
+        "grid_zero_max_diff": float(np.max(np.abs(tzero.numpy()[:, 0] - zero))),
+        "codes_equal_frac": float(np.mean(codes_ptq == codes_torch)),
+        "max_code_diff": float(np.max(np.abs(codes_ptq - codes_torch))),
+        "err_ptq": float(err(Q_ptq)),
+        "err_torch": float(err(Q_torch)),
+        "err_rel_diff": float(abs(err(Q_ptq) - err(Q_torch)) / err(Q_torch)),
+    }
+
+
+def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
+    """Kernel time (from R, the only part B changes) and optq end to end, per block size."""
+    X, _, W = make_data(N, opt.seed)
+    Xd, Wd = jax.device_put(X), jax.device_put(W)
+    grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
+    XtX = layer.gram_sym(Xd)
+    lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
+    R = _ordered_factor(XtX, lam, jnp.arange(N))
+    rows = []
+    for B in blocks:
+        if B > N:
+            continue
+        k = timing.time_call(_kernel_fn(R, Wd, grid, B), opt.repeats)
+        e = timing.time_call(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q, opt.repeats)
+        rows.append({"N": N, "block_size": B, "kernel_s": k.median, "optq_s": e.median,
+                     "kernel_first_s": k.first})
+    return rows
+
+
+def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[dict]:
+    """Time the `theory` bounds (float64 NumPy) at size N next to the quantization itself."""
+    import theory
+
+    X, X_hat, W = make_data(N, opt.seed)
+    with jax.enable_x64(False):
+        grid = ptq.Grid.fit(jnp.asarray(W), opt.bits, kind="asymmetric", per="neuron")
+        r = np.asarray(ptq.optq(X, W, grid).r)
+    step = np.asarray(grid.step, np.float64)
+    rows = []
+
+    def timed(name, fn, compare, note=""):
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        rows.append({"N": N, "function": name, "seconds": dt, "vs_quantization": dt / compare,
+                     "note": note})
+        return out
+
+    f = timed("factorise(X)", lambda: theory.factorise(X), optq_s, "shared float64 factor of H")
+    fh = timed("factorise(X_hat)", lambda: theory.factorise(X_hat, name="X_hat"), qronos_s)
+    timed("optq_l2_bound(r=Result.r)", lambda: theory.optq_l2_bound(X, step, r=r), optq_s,
+          "reuses ptq's factor: O(m N)")
+    timed("optq_l2_bound", lambda: theory.optq_l2_bound(X, step), optq_s, "own factorisation")
+    timed("optq_l2_bound(factors)", lambda: theory.optq_l2_bound(X, step, factors=f), optq_s)
+    timed("optq_weight_bound(factors)", lambda: theory.optq_weight_bound(X, W, step, factors=f),
+          optq_s)
+    timed("stochastic_l2_bound(factors)", lambda: theory.stochastic_l2_bound(X, step, factors=f),
+          optq_s)
+    timed("stochastic_linf_bound(factors)",
+          lambda: theory.stochastic_linf_bound(X, step, factors=f), optq_s)
+    timed("qronos_l2_bound(factors)",
+          lambda: theory.qronos_l2_bound(X, X_hat, W, step, factors=fh), qronos_s)
+    timed("optq_mismatch_l2_bound(factors)",
+          lambda: theory.optq_mismatch_l2_bound(X, X_hat, W, step, factors=fh), qronos_s)
+    timed("qronos_linf_bound(factors)",
+          lambda: theory.qronos_linf_bound(X, X_hat, W, step, factors=fh), qronos_s)
+    return rows
+
+
+# ----------------------------------------------------------------------------- driver
+def run(opt: Options, progress=lambda msg: None) -> dict:
+    """Run every measurement of ``opt``; returns ``{"env", "options", "rows", "matmul",
+    "sweep", "agreement", "theory", "skipped"}`` (lists of dict rows)."""
+    env = timing.environment()
+    skipped = {}
+    for peer, why in (("torch", peers.torch_missing()), ("qwix", peers.qwix_missing())):
+        if peer in opt.peers and why:
+            skipped[peer] = why
+    use = [p for p in opt.peers if p not in skipped]
+    if "torch" in use:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_device"] = "cpu"
+    if "qwix" in use:
+        import importlib.metadata
+
+        env["qwix"] = importlib.metadata.version("qwix")
+    progress(f"environment: {env}")
+
+    rate_sizes = sorted({min(s, 4096) for s in opt.sizes} | {min(1024, max(opt.sizes))})
+    rates = timing.matmul_rate(rate_sizes, opt.repeats)
+    rate = max(rates.values())
+    matmul = [{"size": s, "gflops": g} for s, g in rates.items()]
+    progress(f"matmul GFLOP/s: {rates} -> rate {rate:.1f}")
+
+    rows, qwix_history = [], []
+    for N in opt.sizes:
+        row = {"N": N, "m": 2 * N, "n": N, "bits": opt.bits, "block_size": min(opt.block_size, N)}
+        state = measure_ptq(N, opt, row)
+        progress(f"N={N} ptq: optq {row['optq_s']:.3f} s, qronos {row['qronos_s']:.3f} s")
+        if "torch" in use:
+            measure_torch(N, state, opt, row)
+            progress(f"N={N} torch GPTQ {row['torch_s']:.3f} s")
+        if "qwix" in use:
+            measure_qwix(N, state, opt, row, qwix_history)
+            progress(f"N={N} qwix {row.get('qwix_s', math.nan):.3f} s ({row['qwix_note']})")
+        row["rate_gflops"] = rate
+        row["limit_flops"] = flops_limit(N, row["m"], row["n"])
+        row["limit_s"] = row["chol_s"] + row["limit_flops"] / (rate * 1e9)
+        row["optq_over_limit"] = row["optq_s"] / row["limit_s"]
+        row["qronos_over_optq"] = row["qronos_s"] / row["optq_s"]
+        for peer in ("torch", "qwix"):
+            if f"{peer}_s" in row:
+                row[f"{peer}_over_optq"] = row[f"{peer}_s"] / row["optq_s"]
+        rows.append(row)
+
+    first, last = rows[0], rows[-1]
+    for row in rows:
+        row["compile_ratio_vs_first"] = row["optq_compile_s"] / first["optq_compile_s"]
+
+    sweep = []
+    for N in opt.sweep_sizes:
+        sweep += block_sweep(N, opt.sweep_blocks, opt)
+        progress(f"block sweep N={N}: " + ", ".join(
+            f"B={r['block_size']}: {r['kernel_s']:.3f}" for r in sweep if r["N"] == N))
+
+    agree = []
+    if opt.check_n and "torch" in use:
+        for dtype in ("float32", "float64"):
+            agree.append(agreement(opt.check_n, opt, dtype))
+            progress(f"agreement: {agree[-1]}")
+    elif opt.check_n:
+        skipped["agreement"] = skipped.get("torch", "torch peer not requested")
+
+    theory_rows = []
+    if opt.theory_n:
+        match = [r for r in rows if r["N"] == opt.theory_n]
+        if match:
+            theory_rows = theory_times(opt.theory_n, opt, match[0]["optq_s"], match[0]["qronos_s"])
+            progress(f"theory at N={opt.theory_n}: done")
+        else:
+            skipped["theory"] = f"theory_n = {opt.theory_n} is not among the sizes {opt.sizes}"
+    del last
+    return {
+        "env": env, "options": dataclasses.asdict(opt), "rows": rows, "matmul": matmul,
+        "sweep": sweep, "agreement": agree, "theory": theory_rows, "skipped": skipped,
+    }

@@ -1,0 +1,145 @@
+"""Timers, peak-memory sampling, the matrix-product rate and the factorisation times.
+
+Everything here is backend-neutral: JAX work is timed with ``jax.block_until_ready`` on the
+outputs (asynchronous dispatch on a GPU would otherwise time only the launch), and arrays
+are created with ``jax.device_put`` on the default device, whatever it is.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import threading
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptq.kernel import HIGHEST
+
+
+class Timing(NamedTuple):
+    """Wall-clock times of one callable, in seconds."""
+
+    first: float  # the first call (compilation included for a fresh shape)
+    median: float  # median of the `repeats` calls after the warm-up
+    runs: tuple[float, ...]  # every timed call after the warm-up
+
+
+def _ready(out: Any) -> Any:
+    """Wait for JAX arrays anywhere in ``out`` (other leaves, e.g. torch tensors, pass)."""
+    return jax.block_until_ready(out)
+
+
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed-for-the-median calls (the first is reported), then
+    the median of ``repeats`` calls. ``repeats >= 1``, ``warmup >= 1``."""
+    if repeats < 1 or warmup < 1:
+        raise ValueError(f"`repeats` and `warmup` must be >= 1; got {repeats}, {warmup}")
+    t0 = time.perf_counter()
+    _ready(fn())
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        _ready(fn())
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _ready(fn())
+        runs.append(time.perf_counter() - t0)
+    return Timing(first, statistics.median(runs), tuple(runs))
+
+
+# ----------------------------------------------------------------------------- memory
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MEMORY_METHOD = (
+    "sampled RSS: peak of /proc/self/statm resident size, polled every 1 ms during the call, "
+    "minus the resident size just before it (host memory of the whole process: XLA CPU "
+    "buffers, torch tensors, temporaries)"
+    if os.path.exists("/proc/self/statm")
+    else "ru_maxrss delta (process high-water mark; 0 when an earlier call peaked higher)"
+)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def peak_memory(fn: Callable[[], Any]) -> float:
+    """Peak host memory (bytes) that one call of ``fn`` adds above the current resident size.
+
+    See `MEMORY_METHOD`. On a GPU, device memory is reported separately by `device_peak`.
+    """
+    if not os.path.exists("/proc/self/statm"):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        _ready(fn())
+        return float(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, 0))
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        _ready(fn())
+    finally:
+        stop.set()
+        thread.join()
+    peak[0] = max(peak[0], _rss())
+    return float(peak[0] - base)
+
+
+def device_peak() -> float | None:
+    """``peak_bytes_in_use`` of the default device (GPU/TPU), None where not reported (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return float(stats["peak_bytes_in_use"])
+
+
+# ----------------------------------------------------------------------------- machine
+_dot = jax.jit(lambda A, B: jnp.dot(A, B, precision=HIGHEST))
+_chol = jax.jit(jnp.linalg.cholesky)
+
+
+def matmul_rate(sizes, repeats: int, dtype=jnp.float32) -> dict[int, float]:
+    """GFLOP/s of a square ``jnp.dot`` (``2 s^3`` flops, precision HIGHEST) at each size."""
+    rates = {}
+    rng = np.random.default_rng(1)
+    for s in sizes:
+        A = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
+        B = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
+        t = time_call(lambda: _dot(A, B), repeats)
+        rates[int(s)] = 2.0 * s**3 / t.median / 1e9
+    return rates
+
+
+def cholesky_time(H: jax.Array, repeats: int) -> Timing:
+    """One Cholesky factorisation of the (N, N) matrix ``H`` (jitted ``jnp.linalg.cholesky``)."""
+    return time_call(lambda: _chol(H), repeats)
+
+
+def environment() -> dict[str, str]:
+    """Device, backend and versions, printed and stored with the table."""
+    dev = jax.devices()[0]
+    info = {
+        "backend": jax.default_backend(),
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')} x{jax.device_count()}",
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "cpu_count": str(os.cpu_count()),
+        "x64": str(bool(jax.config.read("jax_enable_x64"))),
+    }
+    try:
+        info["load_avg_1m"] = f"{os.getloadavg()[0]:.2f}"
+    except OSError:  # pragma: no cover - platforms without getloadavg
+        pass
+    return info

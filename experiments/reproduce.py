@@ -1,0 +1,144 @@
+"""Run every figure's sweep, build every figure, print what was verified.
+
+    python -m experiments.reproduce              # default size (minutes on 2 cores)
+    python -m experiments.reproduce --full       # publication size
+    python -m experiments.reproduce --only order mismatch --size smoke
+
+Each sweep runs in this process through `experiments.sweep` (the function the Hydra app
+calls, so records are identical to ``python -m experiments.run -m +experiment=<name>``);
+records go to ``runs/<size>/<name>/``, so an interrupted reproduce resumes where it stopped.
+Then each figure's builder reads those records into ``figures/``, and the summary table
+(also ``figures/summary.csv``) lists per figure: runs, error records, violations of the
+deterministic bounds (must be 0), the violation rate of the probability-(1-p) bounds (should
+be at most p), the S1 check on means over seeds, and the median tightness measured/bound.
+The exit status is 1 when a deterministic bound is violated or a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from experiments import records, sweep
+from experiments.figures import FIGURES
+
+log = logging.getLogger("experiments.reproduce")
+S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
+
+
+def enable_compile_cache() -> None:
+    """Persist JAX's compiled kernels across processes (same shapes reuse them)."""
+    import jax
+
+    path = os.environ.get("PTQ_JAX_CACHE", os.path.expanduser("~/.cache/provable-ptq/jax"))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def summarize(folder: str) -> dict:
+    """Counts, violations and tightness over the records of one sweep folder."""
+    recs = [r for r in map(records.read, records.record_files([folder])) if r is not None]
+    ok = [r for r in recs if r["status"] == "ok"]
+    det_viol = prob_viol = prob_total = 0
+    ratios: list[float] = []
+    s1_groups: dict[str, list] = collections.defaultdict(list)
+    p = None
+    for r in ok:
+        p = r["config"].get("p", p)
+        for name, b in r["bounds"].items():
+            if "values" not in b:
+                det_viol += 1 if b.get("kind") == "deterministic" else 0  # a bound that failed
+                continue
+            if b["kind"] == "expectation":
+                cfg = {k: v for k, v in r["config"].items() if k != "seed"}
+                s1_groups[records.run_id(cfg)].append((r["measured"][b["measured"]], b["values"]))
+                continue
+            if not b["checked"]:
+                continue
+            meas = np.asarray(r["measured"][b["measured"]])
+            vals = np.asarray(b["values"])
+            ratios += list(meas / vals)
+            if b["kind"] == "deterministic":
+                det_viol += b["violations"]
+            else:
+                prob_viol += b["violations"]
+                prob_total += len(vals)
+    s1_viol = s1_checked = 0
+    for draws in s1_groups.values():
+        if len(draws) < 2:
+            continue
+        meas = np.asarray([d[0] for d in draws])
+        rms = np.sqrt(np.mean(meas**2, axis=0))  # sqrt of the mean over seeds of err2_aug^2
+        s1_viol += int(np.sum(rms > np.asarray(draws[0][1]) * (1 + S1_RTOL)))
+        s1_checked += rms.size
+    return {
+        "runs": len(ok),
+        "errors": len(recs) - len(ok),
+        "violations": det_viol,
+        "prob_violation_rate": prob_viol / prob_total if prob_total else np.nan,
+        "p": p if prob_total else np.nan,
+        "S1_violations": f"{s1_viol}/{s1_checked}" if s1_checked else "-",
+        "median_tightness": float(np.median(ratios)) if ratios else np.nan,
+    }
+
+
+def build_figure(name: str, folder: str, out_dir: str) -> None:
+    from experiments.figures import common
+
+    module = importlib.import_module(f"experiments.figures.{name}")
+    module.build(common.load_ok(folder), out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every figure's sweep and build figures/.")
+    parser.add_argument("--size", default="default", choices=["smoke", "default", "full"])
+    parser.add_argument("--full", action="store_const", const="full", dest="size",
+                        help="publication size (same as --size full)")
+    parser.add_argument("--only", nargs="+", default=None, help="figure names to run")
+    parser.add_argument("--runs", default="runs", help="records root (runs/<size>/<figure>)")
+    parser.add_argument("--out", default="figures", help="figure folder")
+    parser.add_argument("--no-figures", action="store_true", help="run the sweeps only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("jax", "absl", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("experiments.run").setLevel(logging.WARNING)  # one line per run is noise
+    enable_compile_cache()
+    names = list(args.only or FIGURES)
+    unknown = sorted(set(names) - set(sweep.presets()))
+    if unknown:
+        parser.error(f"no preset conf/experiment/<name>.yaml for {unknown}")
+    t0 = time.perf_counter()
+    rows = []
+    for name in names:
+        folder = os.path.join(args.runs, args.size, name)
+        res = sweep.run_sweep(name, args.size, [f"out_dir={folder}"])
+        if not args.no_figures:
+            try:
+                build_figure(name, folder, args.out)
+            except Exception:
+                log.exception("figure %s failed", name)
+        rows.append({"figure": name, **summarize(folder), "ran_now": res.ran,
+                     "seconds": round(res.seconds, 1)})
+    table = pd.DataFrame(rows)
+    os.makedirs(args.out, exist_ok=True)
+    if not args.no_figures:
+        table.drop(columns=["ran_now", "seconds"]).to_csv(
+            os.path.join(args.out, "summary.csv"), index=False, float_format="%.4g")
+    total = time.perf_counter() - t0
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"total {total:.0f}s; deterministic bound violations: {int(table.violations.sum())}")
+    return int(table.violations.sum() > 0 or table.errors.sum() > 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
