@@ -129,19 +129,18 @@ def smallest_singular_values(Xp: np.ndarray, breakpoints: int | None = None) -> 
     else:
         if isinstance(breakpoints, bool) or not isinstance(breakpoints, (int, np.integer)) or breakpoints < 1:
             raise ValueError(f"`breakpoints` must be an integer >= 1 or None; got {breakpoints!r}")
-        k = np.unique(np.round(m * (N / m) ** np.linspace(0, 1, int(breakpoints) + 1)[1:]).astype(int))
-        # k later columns <=> 0-based t = N - 1 - k; need t in [0, T).
+        k = np.unique(np.round(m * (N / m) ** np.linspace(0, 1, int(breakpoints))).astype(int))
+        # k later columns <=> 0-based t = N - 1 - k; need t in [0, T); k = m gives t = T - 1,
+        # the last index that needs s, so every t has a breakpoint b >= t.
         bps = np.unique(np.clip(N - 1 - k, 0, T - 1))
     K = np.zeros((m, m))
     done = N  # columns >= done are accumulated in K
     s_at = {}
-    scale = 0.0
     for b in bps[::-1]:  # decreasing t: K grows
         block = Xp[:, b + 1 : done]
         K += block @ block.T
         done = b + 1
         ev = np.linalg.eigvalsh(K)
-        scale = max(scale, ev[-1])
         # rank m only if the smallest eigenvalue is clearly above rounding noise of K
         s_at[b] = np.sqrt(ev[0]) if ev[0] > 100 * m * np.finfo(float).eps * ev[-1] else np.nan
     bps_sorted = np.sort(bps)
