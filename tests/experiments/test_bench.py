@@ -1,0 +1,130 @@
+"""The benchmark runs end to end at tiny sizes and writes well-formed outputs.
+
+No timing assertions (speed lives in the benchmark's committed output): the checks are on
+shapes, finiteness, the files written, and the ptq-vs-torch agreement that makes the
+comparison one of the same work. The peers are optional extras and are skipped with the
+reason when not installed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import pandas as pd
+import pytest
+
+from experiments.bench import core, peers, report
+from experiments.bench.__main__ import main
+
+SIZES = (64, 128)
+TIMES = ["optq_s", "optq_from_h_s", "kernel_s", "gram_s", "chol_s", "qronos_s", "limit_s",
+         "optq_first_s", "compile_pieces_s", "rate_gflops"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One run through the command line, without peers, in float32 as the benchmark means."""
+    out = tmp_path_factory.mktemp("bench")
+    x64 = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", False)
+    try:
+        argv = ["--sizes", *map(str, SIZES), "--repeats", "1", "--peers", "none",
+                "--sweep-sizes", "128", "--sweep-blocks", "32", "128", "--check-n", "64",
+                "--theory-n", "128", "--out", str(out), "--stem", "b"]
+        assert main(argv) == 0
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+    return out
+
+
+def test_files_written(cli_run):
+    for suffix in (".csv", "_sweep.csv", "_matmul.csv", "_agreement.csv", "_theory.csv", ".md",
+                   ".json", ".png", ".pdf"):
+        path = cli_run / f"b{suffix}"
+        assert path.exists(), path
+    assert (cli_run / "b.png").stat().st_size > 1000  # a real image, not an empty file
+
+
+def test_main_table_well_formed(cli_run):
+    df = pd.read_csv(cli_run / "b.csv")
+    assert list(df["N"]) == list(SIZES)
+    assert (df["m"] == 2 * df["N"]).all() and (df["n"] == df["N"]).all()
+    assert (df["dtype"] == "float32").all()
+    for col in TIMES:
+        assert df[col].map(math.isfinite).all() and (df[col] > 0).all(), col
+    # The limit is the Cholesky time plus counted flops at the rate: it exceeds the former.
+    assert (df["limit_s"] > df["chol_s"]).all()
+    assert (df["limit_flops"] == df["n"] * df["N"] ** 2 + df["m"] * df["N"] ** 2).all()
+    assert (df["optq_over_limit"] == df["optq_s"] / df["limit_s"]).all()
+    # No peers were asked for: no peer columns.
+    assert not any(c.startswith(("torch", "qwix")) for c in df.columns)
+
+
+def test_markdown_and_sweep(cli_run):
+    text = (cli_run / "b.md").read_text()
+    for heading in ("## Time", "## Compile time", "## Peak memory", "## Matrix-product rate",
+                    "## Block size sweep", "## Theory bounds", "Environment: backend"):
+        assert heading in text, heading
+    sweep = pd.read_csv(cli_run / "b_sweep.csv")
+    assert sorted(sweep["block_size"]) == [32, 128]
+    assert (sweep["kernel_s"] > 0).all()
+    theory = pd.read_csv(cli_run / "b_theory.csv")
+    assert {"optq_l2_bound", "qronos_l2_bound(factors)"} <= set(theory["function"])
+    assert (theory["seconds"] >= 0).all()
+
+
+def test_skipped_peer_is_reported(monkeypatch, float32):
+    monkeypatch.setattr(peers, "torch_missing", lambda: "torch is not installed (test)")
+    opt = core.Options(sizes=(64,), repeats=1, peers=("torch",), sweep_sizes=(), check_n=64,
+                       theory_n=None)
+    res = core.run(opt)
+    assert res["skipped"]["torch"] == "torch is not installed (test)"
+    assert "torch_s" not in res["rows"][0] and res["agreement"] == []
+    assert "torch is not installed (test)" in report.markdown(res, "cmd", "")
+
+
+def test_torch_peer_and_agreement(tmp_path, float32):
+    if why := peers.torch_missing():
+        pytest.skip(why)
+    opt = core.Options(sizes=(64,), repeats=1, peers=("torch",), sweep_sizes=(), check_n=64,
+                       theory_n=None)
+    res = core.run(opt)
+    paths = report.write(res, str(tmp_path), "t", "cmd")
+    assert all(tmp_path.joinpath(p.split("/")[-1]).exists() for p in paths)
+    for row in res["rows"]:
+        assert row["torch_s"] > 0 and row["torch_gram_s"] > 0 and row["torch_factor_s"] > 0
+        assert math.isfinite(row["torch_over_optq"])
+    by_dtype = {a["dtype"]: a for a in res["agreement"]}
+    assert set(by_dtype) == {"float32", "float64"}
+    # Same grid: both fit min-max per neuron; scale differs by float rounding only
+    # (a few ulps of the dtype), the integer zero points not at all.
+    assert by_dtype["float64"]["grid_scale_max_rel_diff"] < 1e-13
+    assert by_dtype["float32"]["grid_scale_max_rel_diff"] < 1e-5
+    assert by_dtype["float64"]["grid_zero_max_diff"] == 0
+    # Same algorithm: in float64 a code can only flip where a value lies within ~1e-12 of a
+    # rounding boundary (probability ~0 on Gaussian data); 1% slack for such a flip cascading
+    # through the rest of its neuron.
+    assert by_dtype["float64"]["codes_equal_frac"] >= 0.99
+    assert by_dtype["float64"]["err_rel_diff"] < 1e-2
+
+
+@pytest.mark.slow
+def test_qwix_peer(float32):
+    if why := peers.qwix_missing():
+        pytest.skip(why)
+    opt = core.Options(sizes=(64,), repeats=1, peers=("qwix",), sweep_sizes=(), check_n=0,
+                       theory_n=None)
+    row = core.run(opt)["rows"][0]
+    assert row["qwix_s"] > 0 and row["qwix_first_s"] > 0 and math.isfinite(row["qwix_over_optq"])
+
+
+def test_qwix_skip_rules(float32):
+    """Above qwix_max_n, or predicted over budget, qwix is skipped with the reason."""
+    opt = core.Options(qwix_max_n=100, qwix_budget_s=1.0)
+    row: dict = {}
+    core.measure_qwix(128, {}, opt, row, [])
+    assert row["qwix_note"].startswith("skipped: N > qwix_max_n")
+    row = {}
+    core.measure_qwix(64, {}, opt, row, [(32, 10.0, 1.0)])
+    assert row["qwix_note"].startswith("skipped: predicted")
