@@ -154,7 +154,7 @@ def guidance(spec: schema.Config, layer: data.Layer, order) -> dict[str, Any]:
     )
     return {"lam": g.lam, "levels": g.levels, "lams": g.lams.tolist(),
             "feasible": g.feasible.tolist(), "total": g.total.tolist(), "growth": g.growth.tolist(),
-            "step_mean": np.nanmean(g.step, axis=1).tolist()}
+            "step_mean": [float(np.mean(s)) if np.isfinite(s).all() else None for s in g.step]}
 
 
 def _summary(measured: dict[str, np.ndarray]) -> dict[str, float]:
@@ -248,10 +248,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> str:
     return run(cfg)["status"]
 
 
 if __name__ == "__main__":
-    main()
+    # Call the app through its importable name, so joblib workers can unpickle the task
+    # function (a function of __main__ cannot be found in a worker process).
+    from experiments import run as _app
+
+    _app.main()

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 
 class Family(str, Enum):
@@ -201,6 +201,10 @@ def validate(cfg: DictConfig) -> Config:
 
     ``OmegaConf.to_object`` instantiates the dataclasses, which runs their ``__post_init__``.
     """
+    if "hydra" in cfg:  # a config composed with return_hydra_config=True
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
     try:
         return OmegaConf.to_object(cfg)
     except ValueError:
