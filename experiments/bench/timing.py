@@ -7,6 +7,9 @@ are created with ``jax.device_put`` on the default device, whatever it is.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 import statistics
@@ -55,12 +58,24 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
 # ----------------------------------------------------------------------------- memory
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MEMORY_METHOD = (
-    "sampled RSS: peak of /proc/self/statm resident size, polled every 1 ms during the call, "
-    "minus the resident size just before it (host memory of the whole process: XLA CPU "
-    "buffers, torch tensors, temporaries)"
+    "sampled RSS: peak of /proc/self/statm resident size, polled every 1 ms during one call, "
+    "minus the resident size just before it, after gc.collect() and glibc malloc_trim(0) "
+    "have returned freed memory to the system (host memory of the whole process: XLA CPU "
+    "buffers, torch tensors, temporaries; inputs already resident are not counted)"
     if os.path.exists("/proc/self/statm")
     else "ru_maxrss delta (process high-water mark; 0 when an earlier call peaked higher)"
 )
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the system, so that RSS is close to live memory."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: RSS keeps freed pages, deltas read low
+            pass
 
 
 def _rss() -> int:
@@ -77,6 +92,7 @@ def peak_memory(fn: Callable[[], Any]) -> float:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         _ready(fn())
         return float(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, 0))
+    _trim()
     base = _rss()
     peak = [base]
     stop = threading.Event()

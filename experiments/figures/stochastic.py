@@ -50,7 +50,7 @@ def build(df: pd.DataFrame, out_dir: str = "figures") -> pd.DataFrame:
     a.set_title(f"inf-norm error / S2; fraction above S2: {rate:.3f} (p = {p:g})")
     a.set_xlabel(r"$\|X(w-q)\|_\infty$ / S2")
     a.set_ylabel("count")
-    a.legend(loc="upper left")
+    a.legend(loc="center right", fontsize=6.5)
     need = sto.groupby("neuron").agg(k_used=("k_used", "max"), K_S3=("K_S3", "first"))
     dneed = det.groupby("neuron").agg(k_used=("k_used", "max"), K_B3=("K_B3", "first"))
     order = np.argsort(need.K_S3.to_numpy())
