@@ -22,6 +22,8 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="values of N")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls after warm-up")
+    p.add_argument("--min-time", type=float, default=d.min_time,
+                   help="repeat fast calls until their runs add up to this many seconds")
     p.add_argument("--peers", nargs="+", default=list(d.peers), choices=["torch", "qwix", "none"])
     p.add_argument("--qwix-max-n", type=int, default=d.qwix_max_n)
     p.add_argument("--qwix-repeats", type=int, default=d.qwix_repeats)
@@ -39,7 +41,7 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
     p.add_argument("--note", default="", help="a line for the report (e.g. machine state)")
     a = p.parse_args(argv)
     opt = core.Options(
-        sizes=tuple(a.sizes), repeats=a.repeats,
+        sizes=tuple(a.sizes), repeats=a.repeats, min_time=a.min_time,
         peers=tuple(x for x in a.peers if x != "none"), qwix_max_n=a.qwix_max_n,
         qwix_repeats=a.qwix_repeats, qwix_budget_s=a.qwix_budget, bits=a.bits,
         block_size=a.block_size, sweep_sizes=tuple(a.sweep_sizes),

@@ -46,6 +46,7 @@ class Options:
 
     sizes: tuple[int, ...] = (512, 1024, 2048, 4096)
     repeats: int = 5  # timed calls after the warm-up; medians are reported
+    min_time: float = 1.0  # fast calls are repeated until their runs add up to this [s]
     peers: tuple[str, ...] = ("torch", "qwix")
     qwix_max_n: int = 2048  # qwix runs eagerly only up to this N ...
     qwix_repeats: int = 1  # ... with this many timed calls after its first call ...
@@ -73,6 +74,11 @@ def flops_limit(N: int, m: int, n: int) -> float:
     return float(n * N * N + m * N * N)
 
 
+def _timer(opt: Options):
+    """``time_call`` with the run's repeats and minimum total time."""
+    return lambda fn: timing.time_call(fn, opt.repeats, min_time=opt.min_time)
+
+
 # ----------------------------------------------------------------------------- ptq
 def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     """Time ptq.optq / ptq.qronos and their parts at size N; fills ``row``; returns state."""
@@ -82,38 +88,39 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
     row["dtype"] = str(Xd.dtype)
 
-    t = timing.time_call(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q, opt.repeats)
-    row.update(optq_s=t.median, optq_first_s=t.first, optq_compile_s=t.first - t.median)
-    t = timing.time_call(lambda: ptq.qronos(Xd, Xhd, Wd, grid, block_size=B).Q, opt.repeats)
-    row.update(qronos_s=t.median, qronos_first_s=t.first, qronos_compile_s=t.first - t.median)
+    t = _timer(opt)(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q)
+    row.update(optq_s=t.median, optq_best_s=t.best, optq_first_s=t.first,
+               optq_compile_s=t.first - t.median)
+    t = _timer(opt)(lambda: ptq.qronos(Xd, Xhd, Wd, grid, block_size=B).Q)
+    row.update(qronos_s=t.median, qronos_best_s=t.best, qronos_first_s=t.first,
+               qronos_compile_s=t.first - t.median)
 
     # The parts of optq, with the arguments ptq.optq builds (natural order, percdamp 0.01).
     XtX = layer.gram_sym(Xd)
     lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
     perm = np.arange(N)
     p = jnp.asarray(perm)
-    row["gram_s"] = timing.time_call(lambda: layer.gram_sym(Xd), opt.repeats).median
+    row["gram_s"] = _timer(opt)(lambda: layer.gram_sym(Xd)).median
 
     def from_h():
         R = _ordered_factor(XtX, lam, p)
         return run_ordered(R, Wd, grid, perm, lam, m, "X", "nearest", None, B).Q
 
-    row["optq_from_h_s"] = timing.time_call(from_h, opt.repeats).median
+    row["optq_from_h_s"] = _timer(opt)(from_h).median
     R = _ordered_factor(XtX, lam, p)
     kernel = _kernel_fn(R, Wd, grid, B)
-    row["kernel_s"] = timing.time_call(kernel, opt.repeats).median
+    row["kernel_s"] = _timer(opt)(kernel).median
     H = layer.regularise(XtX, lam)
-    row["chol_s"] = timing.cholesky_time(H, opt.repeats).median
-    row["qronos_cross_gram_s"] = timing.time_call(lambda: layer.gram(Xhd, Xd), opt.repeats).median
+    row["chol_s"] = timing.cholesky_time(H, opt.repeats, opt.min_time).median
+    row["qronos_cross_gram_s"] = _timer(opt)(lambda: layer.gram(Xhd, Xd)).median
     XhXh, XhX = layer.gram_sym(Xhd), layer.gram(Xhd, Xd)
     lam_h = 0.01 * float(jnp.mean(jnp.diagonal(XhXh)))
-    row["qronos_lsq_s"] = timing.time_call(
-        lambda: _least_squares(XhXh, XhX, Wd, lam_h, p), opt.repeats
-    ).median
+    row["qronos_lsq_s"] = _timer(opt)(lambda: _least_squares(XhXh, XhX, Wd, lam_h, p)).median
 
-    row["optq_peak_mb"] = timing.peak_memory(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q) / 2**20
+    mib = 2.0**20
+    row["optq_peak_mb"] = timing.peak_memory(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q) / mib
     row["qronos_peak_mb"] = (
-        timing.peak_memory(lambda: ptq.qronos(Xd, Xhd, Wd, grid, block_size=B).Q) / 2**20
+        timing.peak_memory(lambda: ptq.qronos(Xd, Xhd, Wd, grid, block_size=B).Q) / mib
     )
     dev = timing.device_peak()
     row["device_peak_mb"] = dev / 2**20 if dev is not None else math.nan
@@ -172,14 +179,12 @@ def measure_torch(N: int, state: dict, opt: Options, row: dict) -> None:
     def total():
         return peers.torch_gptq(Wt, peers.torch_gram(Xt), scale, zero, bits=opt.bits, blocksize=B).Q
 
-    t = timing.time_call(total, opt.repeats)
-    row.update(torch_s=t.median, torch_first_s=t.first)
-    row["torch_gram_s"] = timing.time_call(lambda: peers.torch_gram(Xt), opt.repeats).median
+    t = _timer(opt)(total)
+    row.update(torch_s=t.median, torch_best_s=t.best, torch_first_s=t.first)
+    row["torch_gram_s"] = _timer(opt)(lambda: peers.torch_gram(Xt)).median
     row["torch_from_h_s"] = row["torch_s"] - row["torch_gram_s"]
     H = peers.torch_gram(Xt)
-    row["torch_factor_s"] = timing.time_call(
-        lambda: peers.torch_factor(H.clone(), 0.01), opt.repeats
-    ).median
+    row["torch_factor_s"] = _timer(opt)(lambda: peers.torch_factor(H.clone(), 0.01)).median
     row["torch_peak_mb"] = timing.peak_memory(total) / 2**20
     row["torch_threads"] = torch.get_num_threads()
 
@@ -200,7 +205,7 @@ def measure_qwix(N: int, state: dict, opt: Options, row: dict, history: list) ->
             return
     run = peers.qwix_runner(opt.bits)
     Wr, Xd = jax.device_put(np.ascontiguousarray(state["W"].T)), jax.device_put(state["X"])
-    t = timing.time_call(lambda: run(Wr, Xd), opt.qwix_repeats)
+    t = timing.time_call(lambda: run(Wr, Xd), opt.qwix_repeats)  # no min_time: slow
     row.update(qwix_s=t.median, qwix_first_s=t.first, qwix_note="eager, symmetric absmax grid")
     history.append((N, t.first, t.median))
 
@@ -259,10 +264,10 @@ def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
     for B in blocks:
         if B > N:
             continue
-        k = timing.time_call(_kernel_fn(R, Wd, grid, B), opt.repeats)
-        e = timing.time_call(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q, opt.repeats)
-        rows.append({"N": N, "block_size": B, "kernel_s": k.median, "optq_s": e.median,
-                     "kernel_first_s": k.first})
+        k = _timer(opt)(_kernel_fn(R, Wd, grid, B))
+        e = _timer(opt)(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q)
+        rows.append({"N": N, "block_size": B, "kernel_s": k.median, "kernel_best_s": k.best,
+                     "optq_s": e.median, "optq_best_s": e.best})
     return rows
 
 
@@ -328,7 +333,7 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
     progress(f"environment: {env}")
 
     rate_sizes = sorted({min(s, 4096) for s in opt.sizes} | {min(1024, max(opt.sizes))})
-    rates = timing.matmul_rate(rate_sizes, opt.repeats)
+    rates = timing.matmul_rate(rate_sizes, opt.repeats, opt.min_time)
     rate = max(rates.values())
     matmul = [{"size": s, "gflops": g} for s, g in rates.items()]
     progress(f"matmul GFLOP/s: {rates} -> rate {rate:.1f}")

@@ -125,7 +125,7 @@ def torch_gram(X):
 def to_torch(A: np.ndarray):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(A))
+    return torch.from_numpy(np.array(A, order="C", copy=True))  # writable, owned by torch
 
 
 # ----------------------------------------------------------------------------- qwix

@@ -28,7 +28,8 @@ class Timing(NamedTuple):
     """Wall-clock times of one callable, in seconds."""
 
     first: float  # the first call (compilation included for a fresh shape)
-    median: float  # median of the `repeats` calls after the warm-up
+    median: float  # median of the timed calls after the warm-up
+    best: float  # the fastest timed call (least disturbed by other load on the machine)
     runs: tuple[float, ...]  # every timed call after the warm-up
 
 
@@ -37,9 +38,15 @@ def _ready(out: Any) -> Any:
     return jax.block_until_ready(out)
 
 
-def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed-for-the-median calls (the first is reported), then
-    the median of ``repeats`` calls. ``repeats >= 1``, ``warmup >= 1``."""
+MAX_RUNS = 200
+
+
+def time_call(
+    fn: Callable[[], Any], repeats: int, warmup: int = 1, min_time: float = 0.0
+) -> Timing:
+    """Time ``fn()``: ``warmup`` calls (the first is reported), then at least ``repeats``
+    timed calls, more (up to `MAX_RUNS`) while they add up to less than ``min_time`` seconds,
+    so that fast calls get a stable median. ``repeats >= 1``, ``warmup >= 1``."""
     if repeats < 1 or warmup < 1:
         raise ValueError(f"`repeats` and `warmup` must be >= 1; got {repeats}, {warmup}")
     t0 = time.perf_counter()
@@ -47,12 +54,12 @@ def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
     first = time.perf_counter() - t0
     for _ in range(warmup - 1):
         _ready(fn())
-    runs = []
-    for _ in range(repeats):
+    runs: list[float] = []
+    while len(runs) < repeats or (sum(runs) < min_time and len(runs) < MAX_RUNS):
         t0 = time.perf_counter()
         _ready(fn())
         runs.append(time.perf_counter() - t0)
-    return Timing(first, statistics.median(runs), tuple(runs))
+    return Timing(first, statistics.median(runs), min(runs), tuple(runs))
 
 
 # ----------------------------------------------------------------------------- memory
@@ -126,21 +133,21 @@ _dot = jax.jit(lambda A, B: jnp.dot(A, B, precision=HIGHEST))
 _chol = jax.jit(jnp.linalg.cholesky)
 
 
-def matmul_rate(sizes, repeats: int, dtype=jnp.float32) -> dict[int, float]:
+def matmul_rate(sizes, repeats: int, min_time: float = 0.0, dtype=jnp.float32) -> dict[int, float]:
     """GFLOP/s of a square ``jnp.dot`` (``2 s^3`` flops, precision HIGHEST) at each size."""
     rates = {}
     rng = np.random.default_rng(1)
     for s in sizes:
         A = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
         B = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
-        t = time_call(lambda: _dot(A, B), repeats)
+        t = time_call(lambda: _dot(A, B), repeats, min_time=min_time)
         rates[int(s)] = 2.0 * s**3 / t.median / 1e9
     return rates
 
 
-def cholesky_time(H: jax.Array, repeats: int) -> Timing:
+def cholesky_time(H: jax.Array, repeats: int, min_time: float = 0.0) -> Timing:
     """One Cholesky factorisation of the (N, N) matrix ``H`` (jitted ``jnp.linalg.cholesky``)."""
-    return time_call(lambda: _chol(H), repeats)
+    return time_call(lambda: _chol(H), repeats, min_time=min_time)
 
 
 def environment() -> dict[str, str]:
