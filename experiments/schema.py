@@ -133,10 +133,12 @@ class AlgorithmConfig:
         if self.lam is not None:
             _require(self.lam >= 0, "algorithm.lam", "a number >= 0 or null", self.lam)
         if self.percdamp is not None:
-            _require(self.percdamp >= 0, "algorithm.percdamp", "a number >= 0 or null", self.percdamp)
+            _require(self.percdamp >= 0, "algorithm.percdamp", "a number >= 0 or null",
+                     self.percdamp)
         _require(
             self.lam is None or self.percdamp is None,
-            "algorithm.lam / algorithm.percdamp", "at most one of the two set", (self.lam, self.percdamp),
+            "algorithm.lam / algorithm.percdamp", "at most one of the two set",
+            (self.lam, self.percdamp),
         )
         _require(self.block_size >= 1, "algorithm.block_size", "an integer >= 1", self.block_size)
         _require(

@@ -15,7 +15,9 @@ def test_notebook_executes_without_errors():
     nb = nbformat.read(PATH, as_version=4)
     params = next(c for c in nb.cells if c.cell_type == "code" and "# Parameters" in c.source)
     params.source = "m, N, n = 24, 16, 4"
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": ROOT}})
+    client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, errors
