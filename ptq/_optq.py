@@ -71,6 +71,7 @@ def optq(
     X, W = layer.as_arrays(("X", X), ("W", W))
     sq = layer.column_sq_norms(X)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    layer.check_rank(sq, lam=lam, m=m, name="X")
     W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
     p = jnp.asarray(perm)
     R = _ordered_factor(layer.gram_sym(X), lam, p)
@@ -102,7 +103,8 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
         stochastic=rounding == "stochastic",
         first_override=z_first is not None,
     )
-    layer.check_factor(out.r, lam=lam, m=m, N=N, name=name)
+    H_diag = jnp.sum(R * R, axis=1)  # H = R R^T
+    layer.check_factor(out.r, lam=lam, m=m, N=N, name=name, H_diag=H_diag)
     inv = jnp.asarray(np.argsort(perm))
     k = out.k[inv]
     Q = grid.step * k

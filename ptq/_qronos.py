@@ -73,6 +73,7 @@ def qronos(
     X, X_hat, W = layer.as_arrays(("X", X), ("X_hat", X_hat), ("W", W))
     sq = layer.column_sq_norms(X_hat)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    layer.check_rank(sq, lam=lam, m=m, name="X_hat")
     R, W_ls, z1 = _least_squares(
         layer.gram_sym(X_hat), layer.gram(X_hat, X), W, lam, jnp.asarray(perm)
     )
