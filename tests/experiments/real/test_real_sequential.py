@@ -1,0 +1,113 @@
+"""Sequential quantization of the real encoder: finite results, X_hat semantics, the directional
+claims on held-out text, and no violated bound on the real layers (float32, as deployed)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.real import LAYER_NAMES, layer_data, quantize_encoder, sequential, theory_bounds
+
+pytestmark = pytest.mark.real
+
+TOKENS = 1024  # rows of every X: above N = 384 and below N = 1536 for output.dense (lam > 0)
+
+
+@pytest.fixture(scope="module")
+def runs(real_model):
+    """Whole-encoder runs in float32 (what practitioners run; ptq's default precision)."""
+    jax.config.update("jax_enable_x64", False)
+    cache = {}
+
+    def get(algorithm, bits, **kw):
+        k = (algorithm, bits, tuple(sorted(kw.items())))
+        if k not in cache:
+            jax.config.update("jax_enable_x64", False)
+            try:
+                cache[k] = quantize_encoder(algorithm, bits, n_tokens=TOKENS, n_heldout=48, **kw)
+            finally:
+                jax.config.update("jax_enable_x64", True)
+        return cache[k]
+
+    yield get
+    jax.config.update("jax_enable_x64", True)
+
+
+@pytest.mark.parametrize("algorithm", sequential.ALGORITHMS)
+def test_four_bits_is_finite_and_complete(runs, algorithm):
+    res = runs(algorithm, 4)
+    assert [r["name"] for r in res.records] == list(LAYER_NAMES)
+    for r in res.records:
+        assert r["m"] == TOKENS and r["err2"].shape == (r["n"],)
+        assert np.all(np.isfinite(r["err2"])) and np.all(np.isfinite(r["errinf"]))
+        # The 2-norm of a column of m entries dominates its inf-norm.
+        assert np.all(r["errinf"] <= r["err2"] * (1 + 1e-12))
+    for lyr in res.params["layers"]:
+        for kind in ("query", "intermediate", "output"):
+            assert lyr[kind][0].dtype == np.float32
+    assert np.all(np.isfinite(res.cosine)) and np.all(res.cosine <= 1 + 1e-6)
+    # 4-bit weights keep the embedding direction (measured ~0.93 RTN to ~0.97 OPTQ);
+    # 0.5 only rules out a broken pipeline (random directions in 384-d give ~0).
+    assert res.cosine_mean > 0.5
+    # Only the first layers see unquantized inputs: X_hat = X up to block 0's attention.
+    assert res.records[0]["input_mismatch"] == 0.0
+    assert all(r["input_mismatch"] > 0 for r in res.records[3:])
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_optq_beats_rtn_end_to_end(runs, bits):
+    rtn, optq = runs("rtn", bits), runs("optq", bits)
+    assert optq.cosine_mean > rtn.cosine_mean, (bits, optq.cosine_mean, rtn.cosine_mean)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_qronos_beats_rtn_end_to_end(runs, bits):
+    rtn, qronos = runs("rtn", bits), runs("qronos", bits)
+    assert qronos.cosine_mean > rtn.cosine_mean, (bits, qronos.cosine_mean, rtn.cosine_mean)
+
+
+def test_qronos_layer_error_below_optq_after_block_0(runs):
+    """Qronos targets X W from X_hat, OPTQ only fits X_hat W: on the layers whose inputs are
+    already perturbed (blocks 1-5), Qronos' relative layer error is the smaller one at 4 bits,
+    layer by layer. (End to end on held-out text the two are close; see the report.)"""
+    optq, qronos = runs("optq", 4), runs("qronos", 4)
+    late = [i for i, r in enumerate(optq.records) if r["layer"] >= 1]
+    worse = [optq.records[i]["name"] for i in late
+             if qronos.records[i]["rel_err"] > optq.records[i]["rel_err"]]
+    assert not worse, worse
+
+
+def test_x_hat_is_the_partially_quantized_input(real_model):
+    first = layer_data(0, "query", n_tokens=256, algorithm="optq", bits=4)
+    np.testing.assert_array_equal(first.X_hat, first.X)  # nothing before it is quantized
+    d = layer_data(0, "attn_out", n_tokens=256, algorithm="rtn", bits=4)
+    assert d.X_hat.shape == d.X.shape and not np.array_equal(d.X_hat, d.X)
+    # More bits upstream, closer inputs: RTN at 8 bits perturbs far less than at 3.
+    X = layer_data(2, "output", n_tokens=256).X
+    gap = [np.linalg.norm(layer_data(2, "output", n_tokens=256, algorithm="rtn", bits=b).X_hat - X)
+           for b in (3, 8)]
+    assert gap[1] < gap[0]
+
+
+@pytest.mark.parametrize("algorithm", ["optq", "qronos"])
+def test_no_bound_violation_on_real_layers(real_model, algorithm):
+    """Every applicable bound (B1-B3 and Q2 for OPTQ, Q1 for Qronos) on the 12 layers of
+    blocks 0 and 1 at 3 bits, float64: none violated where it applies (no clipping), and the
+    measured error stays below the bound on every neuron even where clipping voids it."""
+    recs = []
+
+    def hook(ctx):
+        out = theory_bounds(ctx)
+        recs.append((ctx.name, out))
+        return {}
+
+    o = sequential.Options(algorithm=algorithm, bits=3)
+    sequential.run(o, n_tokens=512, stop_at=LAYER_NAMES[12], on_layer=hook)
+    assert len(recs) == 12
+    for name, out in recs:
+        assert out["bounds"], name
+        for b, v in out["bounds"].items():
+            assert "error" not in v, (name, b, v)
+            assert v["violations"] == 0, (name, b)
+            assert v["ratio_max"] <= 1 + 1e-9, (name, b, v["ratio_max"], out["clipped"])
