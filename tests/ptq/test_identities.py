@@ -7,7 +7,9 @@ formed independently in NumPy: explicit projections ``P_t Xa_t`` (least-squares 
 Tolerance: 1e-9 relative (the issue's criterion). The identities are exact in real
 arithmetic; the float64 discrepancy is ~ eps * cond(H) times a modest factor, and the data
 below keep cond(H) <= ~1e7 (ill-conditioned family with at most 3 decades in X and lam = 0,
-or any family with a ridge), so 1e-9 has a margin of >= 100 over the measured worst case.
+or any family with a ridge). Measured worst relative errors over 200 examples of these
+families: I1 5e-14, I2 2e-14 (orthogonality 1e-13), I3 5e-13, I4 1.5e-14, I5 2e-13, so
+1e-9 has a margin of over 1000 while a 1e-6 relative error in the kernel's feedback fails.
 """
 
 import numpy as np

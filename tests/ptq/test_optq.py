@@ -166,7 +166,7 @@ def test_float32_agrees_with_float64_reference(float32, family, stochastic):
     key = jax.random.key(11)
     kw = {"rounding": "stochastic", "key": key} if stochastic else {}
     res = ptq.optq(X, W, grid, order="decreasing_norm", **kw)
-    assert res.Q.dtype == jnp.float32
+    check_invariants(res, grid, N, n, jnp.float32)
     u = np.asarray(ptq.layer.uniforms(key, N, n, jnp.float32), np.float64) if stochastic else None
     ref = reference.optq(
         X, W, grid, order="decreasing_norm", rounding="stochastic" if stochastic else "nearest", u=u
