@@ -14,7 +14,9 @@ What each algorithm sees (as practitioners run them):
 * ``"optq"``: only ``X_hat``, ``Q = OPTQ(X_hat, W)`` (GPTQ's sequential mode);
 * ``"qronos"``: both, ``Q = Qronos(X, X_hat, W)``, targeting ``X W`` from ``X_hat``.
 
-Biases stay in full precision. Grids are fitted per neuron to ``W`` (`ptq.Grid.fit`).
+Biases stay in full precision. Grids are fitted per neuron to ``W`` (`ptq.Grid.fit`), by
+default GPTQ's asymmetric min-max grid; ``finite=False`` keeps the step on the infinite
+alphabet (nothing clips, so the no-clipping bounds of THEORY.md section 4 all apply).
 
 Measured per layer (float64, per neuron j = column of W): ``err2_j = ||X w_j - X_hat q_j||_2``
 and ``errinf_j = ||X w_j - X_hat q_j||_inf`` (the error against the full-precision target),
@@ -55,6 +57,8 @@ class Options(NamedTuple):
     bits: int = 4
     grid: str = "asymmetric"  # ptq.Grid.fit kind: "asymmetric" (GPTQ min-max) | "symmetric"
     mse: bool = False  # GPTQ's clipping search in Grid.fit
+    finite: bool = True  # False: the fitted step on the infinite alphabet step*Z (no clipping,
+    #                      so every no-clipping bound applies; as conf/grid/unbounded.yaml)
     lam: float | None = None
     percdamp: float | None = None  # neither: ptq's default percdamp = 0.01
     order: str = "natural"
@@ -96,6 +100,13 @@ def check_options(o: Options) -> Options:
     if o.algorithm == "rtn" and o.rounding != "nearest":
         raise ValueError(f"`rounding` must be 'nearest' for rtn; got {o.rounding!r}")
     return o
+
+
+def make_grid(o: Options, W) -> ptq.Grid:
+    """``Grid.fit(W, bits, kind=o.grid, per="neuron", mse=o.mse)``; its step on ``step*Z``
+    when ``o.finite`` is False (as `experiments.run.make_grid`)."""
+    grid = ptq.Grid.fit(W, o.bits, kind=o.grid, per="neuron", mse=o.mse)
+    return grid if o.finite else ptq.Grid.symmetric(grid.step, None)
 
 
 def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid, key=None):
@@ -172,7 +183,7 @@ def run(options: Options, *, n_tokens: int = activations.DEFAULT_TOKENS,
             return X_hat
         X = fp.inputs[name]
         W, b = loaded.params["layers"][i][kind]
-        grid = ptq.Grid.fit(W, o.bits, kind=o.grid, per="neuron", mse=o.mse)
+        grid = make_grid(o, W)
         key = jax.random.fold_in(base, index) if o.rounding == "stochastic" else None
         t0 = time.perf_counter()
         res = quantize_layer(o, X, X_hat, W, grid, key)
@@ -228,8 +239,8 @@ def quantize_encoder(algorithm: Algorithm = "optq", bits: int = 4, *,
       n_heldout: held-out sequences for the end-to-end cosine (None: all 177).
       on_layer: called with a `LayerContext` after each layer; the dict it returns is merged
         into that layer's record (the hook for the `theory` bounds).
-      **options: the other fields of `Options` (grid, mse, lam, percdamp, order, rounding,
-        variant, seed, block_size).
+      **options: the other fields of `Options` (grid, mse, finite, lam, percdamp, order,
+        rounding, variant, seed, block_size).
 
     Returns:
       `EncoderResult`: per-layer records (dicts: name, layer, kind, options, m, N, n, lam,
