@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -39,6 +40,8 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
     p.add_argument("--out", default="figures", help="output folder")
     p.add_argument("--stem", default="bench", help="file name stem")
     p.add_argument("--note", default="", help="a line for the report (e.g. machine state)")
+    p.add_argument("--report-only", metavar="JSON", default=None,
+                   help="measure nothing: re-derive and rewrite the outputs of a saved run")
     a = p.parse_args(argv)
     opt = core.Options(
         sizes=tuple(a.sizes), repeats=a.repeats, min_time=a.min_time,
@@ -55,10 +58,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt, a = parse(argv)
     argv = sys.argv[1:] if argv is None else argv
-    command = "python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)
-    res = core.run(opt, progress=lambda msg: print(msg, flush=True))
-    paths = report.write(res, a.out, a.stem, command.strip(), a.note)
-    print(report.markdown(res, command.strip(), a.note))
+    command = ("python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)).strip()
+    note = a.note
+    if a.report_only:
+        with open(a.report_only) as f:
+            res = json.load(f)
+        command, note = res.pop("command"), note or res.pop("note", "")
+        res.pop("note", None)
+        core.derive(res["rows"], res["matmul"])
+    else:
+        res = core.run(opt, progress=lambda msg: print(msg, flush=True))
+    paths = report.write(res, a.out, a.stem, command, note)
+    print(report.markdown(res, command, note))
     print("wrote " + ", ".join(paths))
     return 0
 

@@ -12,11 +12,12 @@ Per size N (m = 2N calibration rows, n = N neurons, float32, 4-bit GPTQ min-max 
 
       limit(N) = t_chol(N) + (n N^2 + m N^2) / rate
 
-  ``n N^2`` = the OPTQ updates (sum over t of 2 n (t-1) multiply-adds below the diagonal of
-  the triangular factor) and ``m N^2`` = the symmetric Gram ``X^T X`` (half of a general
-  product's ``2 m N^2``, what a SYRK does); ``rate`` = the best GFLOP/s of square
-  ``jnp.dot`` over the measured sizes. Rounding, Cholesky flops (timed instead) and copies are
-  not counted, so no implementation of OPTQ from X can beat it on this machine.
+  ``n N^2`` = the OPTQ updates (``sum_t 2 n (t - 1)`` flops: every strictly triangular
+  coefficient times an n-row, once) and ``m N^2`` = the symmetric Gram ``X^T X`` (half of a
+  general product's ``2 m N^2``, what a SYRK does); ``rate`` = GFLOP/s of a square float32
+  ``jnp.dot`` (precision HIGHEST) measured at the size nearest to N, in the same run.
+  Rounding, copies and the Cholesky flops (timed instead) are not counted: it is what OPTQ
+  from X would take if every product ran at the measured matrix-product rate.
 """
 
 from __future__ import annotations
@@ -312,6 +313,34 @@ def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[d
 
 
 # ----------------------------------------------------------------------------- driver
+def rate_for(N: int, matmul: list[dict]) -> float:
+    """GFLOP/s of the square product measured at the size nearest to N (log scale)."""
+    best = min(matmul, key=lambda r: abs(math.log(r["size"] / N)))
+    return float(best["gflops"])
+
+
+def derive(rows: list[dict], matmul: list[dict]) -> None:
+    """Add the derived columns (limit, ratios, compile ratios) to the measured rows, in place.
+
+    Only measured numbers go in, so a saved run can be re-derived (``--report-only``).
+    """
+    for row in rows:
+        N = row["N"]
+        row["rate_gflops"] = rate_for(N, matmul)
+        row["limit_flops"] = flops_limit(N, row["m"], row["n"])
+        row["limit_s"] = row["chol_s"] + row["limit_flops"] / (row["rate_gflops"] * 1e9)
+        row["optq_over_limit"] = row["optq_s"] / row["limit_s"]
+        row["optq_best_over_limit"] = row["optq_best_s"] / row["limit_s"]
+        row["qronos_over_optq"] = row["qronos_s"] / row["optq_s"]
+        for peer in ("torch", "qwix"):
+            if f"{peer}_s" in row and not math.isnan(row[f"{peer}_s"]):
+                row[f"{peer}_over_optq"] = row[f"{peer}_s"] / row["optq_s"]
+        row["compile_ratio_vs_first"] = row["optq_compile_s"] / rows[0]["optq_compile_s"]
+        row["compile_pieces_ratio_vs_first"] = (
+            row["compile_pieces_s"] / rows[0]["compile_pieces_s"]
+        )
+
+
 def run(opt: Options, progress=lambda msg: None) -> dict:
     """Run every measurement of ``opt``; returns ``{"env", "options", "rows", "matmul",
     "sweep", "agreement", "theory", "skipped"}`` (lists of dict rows)."""
@@ -334,9 +363,8 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
 
     rate_sizes = sorted({min(s, 4096) for s in opt.sizes} | {min(1024, max(opt.sizes))})
     rates = timing.matmul_rate(rate_sizes, opt.repeats, opt.min_time)
-    rate = max(rates.values())
     matmul = [{"size": s, "gflops": g} for s, g in rates.items()]
-    progress(f"matmul GFLOP/s: {rates} -> rate {rate:.1f}")
+    progress(f"matmul GFLOP/s: {rates}")
 
     rows, qwix_history = [], []
     for N in opt.sizes:
@@ -349,19 +377,8 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
         if "qwix" in use:
             measure_qwix(N, state, opt, row, qwix_history)
             progress(f"N={N} qwix {row.get('qwix_s', math.nan):.3f} s ({row['qwix_note']})")
-        row["rate_gflops"] = rate
-        row["limit_flops"] = flops_limit(N, row["m"], row["n"])
-        row["limit_s"] = row["chol_s"] + row["limit_flops"] / (rate * 1e9)
-        row["optq_over_limit"] = row["optq_s"] / row["limit_s"]
-        row["qronos_over_optq"] = row["qronos_s"] / row["optq_s"]
-        for peer in ("torch", "qwix"):
-            if f"{peer}_s" in row:
-                row[f"{peer}_over_optq"] = row[f"{peer}_s"] / row["optq_s"]
         rows.append(row)
-
-    first, last = rows[0], rows[-1]
-    for row in rows:
-        row["compile_ratio_vs_first"] = row["optq_compile_s"] / first["optq_compile_s"]
+    derive(rows, matmul)
 
     sweep = []
     for N in opt.sweep_sizes:
@@ -385,7 +402,6 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
             progress(f"theory at N={opt.theory_n}: done")
         else:
             skipped["theory"] = f"theory_n = {opt.theory_n} is not among the sizes {opt.sizes}"
-    del last
     return {
         "env": env, "options": dataclasses.asdict(opt), "rows": rows, "matmul": matmul,
         "sweep": sweep, "agreement": agree, "theory": theory_rows, "skipped": skipped,

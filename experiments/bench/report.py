@@ -20,7 +20,8 @@ MAIN = [
     ("N", "N"), ("optq_s", "ptq.optq [s]"), ("optq_best_s", "optq best [s]"),
     ("optq_from_h_s", "optq from H [s]"),
     ("kernel_s", "kernel [s]"), ("gram_s", "X^T X [s]"), ("chol_s", "Cholesky [s]"),
-    ("limit_s", "limit [s]"), ("optq_over_limit", "optq / limit"),
+    ("rate_gflops", "rate [GFLOP/s]"), ("limit_s", "limit [s]"), ("optq_over_limit", "optq / limit"),
+    ("optq_best_over_limit", "optq best / limit"),
     ("qronos_s", "ptq.qronos [s]"), ("qronos_over_optq", "qronos / optq"),
     ("torch_s", "torch GPTQ [s]"), ("torch_best_s", "torch best [s]"),
     ("torch_from_h_s", "torch from H [s]"),
@@ -40,6 +41,7 @@ COMPILE = [
     ("compile_factor_s", "factor [s]"), ("compile_kernel_s", "kernel [s]"),
     ("compile_cross_gram_s", "cross gram [s]"), ("compile_least_squares_s", "least squares [s]"),
     ("compile_pieces_s", "all pieces [s]"),
+    ("compile_pieces_ratio_vs_first", "pieces vs smallest N"),
 ]
 MEMORY = [
     ("N", "N"), ("optq_peak_mb", "optq peak [MiB]"), ("qronos_peak_mb", "qronos peak [MiB]"),
@@ -69,7 +71,6 @@ def md_table(rows: list[dict], cols: list[tuple[str, str]] | None = None) -> str
 
 def markdown(res: dict, command: str, note: str) -> str:
     env, rows, opt = res["env"], res["rows"], Options(**_tuples(res["options"]))
-    rate = rows[0]["rate_gflops"] if rows else math.nan
     out = [
         "# ptq benchmark\n",
         f"Command: `{command}`\n",
@@ -83,13 +84,14 @@ def markdown(res: dict, command: str, note: str) -> str:
         "after its first call), all in one process.\n",
         "## Time\n",
         md_table(rows, MAIN),
-        f"\nLimit = Cholesky of H timed alone + (n N^2 + m N^2) / rate, with n N^2 the OPTQ "
-        f"update flops (below the diagonal of the triangular factor) and m N^2 the symmetric "
-        f"Gram X^T X; rate = {rate:.1f} GFLOP/s, the best square float32 `jnp.dot` "
-        "(precision HIGHEST) below. \"optq from H\" = regularise + one Cholesky + kernel + "
-        "mapping back (what remains once X^T X is formed); torch GPTQ = X^T X in torch + the "
-        "canonical algorithm (three factorisations, Python loop over columns), "
-        "\"torch from H\" = the difference of the two medians.\n",
+        "\nLimit = Cholesky of H timed alone + (n N^2 + m N^2) / rate(N): n N^2 flops for the "
+        "OPTQ updates (each strictly triangular coefficient times an n-row, once), m N^2 for "
+        "the symmetric Gram X^T X (half a general product, as a SYRK); rate(N) = GFLOP/s of "
+        "a square float32 `jnp.dot` (precision HIGHEST) at the size nearest to N (table below). "
+        "Rounding, copies and the Cholesky flops are not counted. \"optq from H\" = "
+        "regularise + one Cholesky + kernel + mapping back (what remains once X^T X is formed); "
+        "torch GPTQ = X^T X in torch + the canonical algorithm (three factorisations, Python "
+        "loop over columns), \"torch from H\" = the difference of the two medians.\n",
         "## Where Qronos' time goes\n",
         md_table(rows, QRONOS),
         "\nQronos factorises Hh = X_hat^T X_hat + lam I like OPTQ, and also forms "
@@ -114,9 +116,9 @@ def markdown(res: dict, command: str, note: str) -> str:
         "\n## Same work: ptq.optq vs the torch GPTQ\n",
         md_table(res["agreement"]),
         "\nSame min-max grid (scale and zero compared above), natural order, percdamp 0.01. "
-        "Codes differ only where float rounding moves a value across a rounding boundary "
-        "(ptq also rounds ties up, torch to even); one flipped code changes the later steps "
-        "of its neuron, which is why float32 agrees less than float64.\n",
+        "Codes can differ only where float rounding moves a value across a rounding boundary "
+        "(ptq rounds ties up, torch to even), and a flipped code changes the later steps of its "
+        "neuron; codes_equal_frac is the fraction of identical integer codes.\n",
         "\n## Theory bounds\n",
         md_table(res["theory"], [("N", "N"), ("function", "function"), ("seconds", "seconds"),
                                  ("vs_quantization", "/ quantization"), ("note", "note")]),

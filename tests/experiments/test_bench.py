@@ -29,9 +29,9 @@ def cli_run(tmp_path_factory):
     x64 = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", False)
     try:
-        argv = ["--sizes", *map(str, SIZES), "--repeats", "1", "--min-time", "0", "--peers", "none",
-                "--sweep-sizes", "128", "--sweep-blocks", "32", "128", "--check-n", "64",
-                "--theory-n", "128", "--out", str(out), "--stem", "b"]
+        argv = ["--sizes", *map(str, SIZES), "--repeats", "1", "--min-time", "0",
+                "--peers", "none", "--sweep-sizes", "128", "--sweep-blocks", "32", "128",
+                "--check-n", "64", "--theory-n", "128", "--out", str(out), "--stem", "b"]
         assert main(argv) == 0
     finally:
         jax.config.update("jax_enable_x64", x64)
@@ -76,8 +76,8 @@ def test_markdown_and_sweep(cli_run):
 
 def test_skipped_peer_is_reported(monkeypatch, float32):
     monkeypatch.setattr(peers, "torch_missing", lambda: "torch is not installed (test)")
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(), check_n=64,
-                       theory_n=None)
+    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(),
+                       check_n=64, theory_n=None)
     res = core.run(opt)
     assert res["skipped"]["torch"] == "torch is not installed (test)"
     assert "torch_s" not in res["rows"][0] and res["agreement"] == []
@@ -87,8 +87,8 @@ def test_skipped_peer_is_reported(monkeypatch, float32):
 def test_torch_peer_and_agreement(tmp_path, float32):
     if why := peers.torch_missing():
         pytest.skip(why)
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(), check_n=64,
-                       theory_n=None)
+    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(),
+                       check_n=64, theory_n=None)
     res = core.run(opt)
     paths = report.write(res, str(tmp_path), "t", "cmd")
     assert all(tmp_path.joinpath(p.split("/")[-1]).exists() for p in paths)
@@ -113,8 +113,8 @@ def test_torch_peer_and_agreement(tmp_path, float32):
 def test_qwix_peer(float32):
     if why := peers.qwix_missing():
         pytest.skip(why)
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("qwix",), sweep_sizes=(), check_n=0,
-                       theory_n=None)
+    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("qwix",), sweep_sizes=(),
+                       check_n=0, theory_n=None)
     row = core.run(opt)["rows"][0]
     assert row["qwix_s"] > 0 and row["qwix_first_s"] > 0 and math.isfinite(row["qwix_over_optq"])
 
