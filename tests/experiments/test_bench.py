@@ -128,3 +128,13 @@ def test_qwix_skip_rules(float32):
     row = {}
     core.measure_qwix(64, {}, opt, row, [(32, 10.0, 1.0)])
     assert row["qwix_note"].startswith("skipped: predicted")
+
+
+def test_report_only_rederives_a_saved_run(cli_run, tmp_path):
+    """``--report-only`` measures nothing: the measured columns come back unchanged."""
+    assert main(["--report-only", str(cli_run / "b.json"), "--out", str(tmp_path),
+                 "--stem", "r"]) == 0
+    old, new = pd.read_csv(cli_run / "b.csv"), pd.read_csv(tmp_path / "r.csv")
+    for col in ("optq_s", "qronos_s", "chol_s", "limit_s", "optq_over_limit"):
+        assert (old[col] == new[col]).all(), col
+    assert "Command: `python -m experiments.bench --sizes" in (tmp_path / "r.md").read_text()
