@@ -84,7 +84,7 @@ def _timer(opt: Options):
 def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     """Time ptq.optq / ptq.qronos and their parts at size N; fills ``row``; returns state."""
     X, X_hat, W = make_data(N, opt.seed)
-    m, n, B = X.shape[0], W.shape[1], min(opt.block_size, N)
+    m, B = X.shape[0], min(opt.block_size, N)
     Xd, Xhd, Wd = (jax.device_put(A) for A in (X, X_hat, W))
     grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
     row["dtype"] = str(Xd.dtype)
@@ -220,8 +220,6 @@ def agreement(N: int, opt: Options, dtype: str) -> dict:
     equal codes, the grid's own scale/zero difference, and the relative difference of the
     layer errors ``||X (W - Q)||_F``.
     """
-    import torch
-
     X, _, W = make_data(N, opt.seed)
     np_dtype = np.float64 if dtype == "float64" else np.float32
     X, W = X.astype(np_dtype), W.astype(np_dtype)
