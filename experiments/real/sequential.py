@@ -200,7 +200,7 @@ def run(options: Options, *, n_tokens: int = activations.DEFAULT_TOKENS,
             extra = on_layer(LayerContext(name, i, kind, o, X, X_hat, np.asarray(W),
                                           np.asarray(b), grid, res))
             rec.update(extra or {})
-        log.info("%s %s %d bits: rel_err %.4g (%.2fs)", name, o.algorithm, o.bits,
+        log.debug("%s %s %d bits: rel_err %.4g (%.2fs)", name, o.algorithm, o.bits,
                  rec["rel_err"], seconds)
         records.append(rec)
         index += 1
