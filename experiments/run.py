@@ -100,7 +100,8 @@ def floor_ls(X, X_hat, W, lam: float) -> np.ndarray:
     return np.linalg.norm(Y - Xha @ V, axis=0)
 
 
-def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray) -> dict[str, np.ndarray]:
+def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray, *,
+            floors: bool = True) -> dict[str, np.ndarray]:
     """Per-neuron measurements, float64 (shape (n,) each).
 
     err2, errinf: ``||X w - X_hat q||`` in the 2- and inf-norm (the layer's output error);
@@ -109,7 +110,8 @@ def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray) -> dict[
     ``sqrt(||X w - X_hat q||^2 + lam ||w-q||^2)`` (Q1, Q2); w_max: the largest
     weight the recursion rounded (``Result.w_max``; ``|w|`` for RTN); k_used: the largest
     ``|q|/delta`` used, the alphabet the run needed; e_ls0: ``min_v ||X w - X_hat v||``, the
-    floor of every quantizer under mismatch.
+    floor of every quantizer under mismatch, and e_ls its ridge form (both least-squares
+    solves, the costliest part; ``floors=False`` leaves them out, no bound needs them).
     """
     X, X_hat, W = layer.X, layer.X_hat, layer.W
     D = X @ W - X_hat @ Q
@@ -129,7 +131,7 @@ def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray) -> dict[
         "k_used": np.abs(np.rint(Q / step)).max(axis=0),
         "w_inf": np.abs(W).max(axis=0),
     }
-    if not np.array_equal(X, X_hat):
+    if floors and not np.array_equal(X, X_hat):
         out["e_ls0"] = floor_ls(X, X_hat, W, 0.0)
         out["e_ls"] = floor_ls(X, X_hat, W, lam)
     return out

@@ -38,7 +38,7 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
     step = np.broadcast_to(np.asarray(ctx.grid.step, np.float64), (W.shape[1],))
     res = None if o.algorithm == "rtn" else ctx.result
     layer = data.Layer(X, X_hat, W, ctx.name)
-    measured = run.measure(layer, Q, res, step)
+    measured = run.measure(layer, Q, res, step, floors=False)  # E_LS: sequential.measure
     precision = "float64" if jax.config.read("jax_enable_x64") else "float32"
     rtol = eb.RTOL[precision]
     is_paper = o.algorithm == "qronos" and o.variant == "paper"
