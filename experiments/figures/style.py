@@ -38,8 +38,10 @@ COLORS = {
     "rtn": "#7f7f7f",
     "optq": "#1f77b4",
     "optq_stochastic": "#17becf",
+    "optq_decreasing": "#393b79",
     "qronos": "#d62728",
     "qronos_ls": "#ff7f0e",
+    "qronos_stochastic": "#e7969c",
     "B1": "#2ca02c",
     "B2": "#9467bd",
     "B3": "#8c564b",
@@ -55,8 +57,10 @@ LABELS = {
     "rtn": "RTN",
     "optq": "OPTQ",
     "optq_stochastic": "stochastic OPTQ",
+    "optq_decreasing": "OPTQ (decreasing norm)",
     "qronos": "Qronos (paper)",
     "qronos_ls": "Qronos (LS first)",
+    "qronos_stochastic": "stochastic Qronos",
 }
 FAMILIES = ["gaussian", "low_rank", "heavy_tailed", "correlated", "npz", "real"]
 
