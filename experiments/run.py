@@ -101,7 +101,7 @@ def floor_ls(X, X_hat, W, lam: float) -> np.ndarray:
 
 
 def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray, *,
-            floors: bool = True) -> dict[str, np.ndarray]:
+            floors: bool = True, target: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-neuron measurements, float64 (shape (n,) each).
 
     err2, errinf: ``||X w - X_hat q||`` in the 2- and inf-norm (the layer's output error);
@@ -112,9 +112,10 @@ def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray, *,
     ``|q|/delta`` used, the alphabet the run needed; e_ls0: ``min_v ||X w - X_hat v||``, the
     floor of every quantizer under mismatch, and e_ls its ridge form (both least-squares
     solves, the costliest part; ``floors=False`` leaves them out, no bound needs them).
+    ``target``: ``X @ W`` when the caller has it already (the real model reuses it across runs).
     """
     X, X_hat, W = layer.X, layer.X_hat, layer.W
-    D = X @ W - X_hat @ Q
+    D = (X @ W if target is None else target) - X_hat @ Q
     S = X_hat @ (W - Q)
     lam = float(result.lam) if result is not None else 0.0
     w_max = (np.asarray(result.w_max, dtype=np.float64) if result is not None

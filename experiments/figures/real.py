@@ -150,7 +150,8 @@ def build_bounds(layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
         ax.plot(g["index"], g.ratio_max, color=style.COLORS[name], label=name, lw=1)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"worst neuron, bits {min(b.bits)}-{max(b.bits)}, all algorithms")
+    ax.set_title(f"worst neuron over bits {','.join(map(str, sorted(set(b.bits))))}",
+                 fontsize=8)
     ax.set_ylabel("max measured / bound")
     _block_lines(ax, int(b["index"].max()) + 1)
     ax.legend(loc="lower right", ncol=3, fontsize=6.5)

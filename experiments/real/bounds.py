@@ -6,7 +6,8 @@
 
 It reuses the experiments layer's definitions of clipping (`experiments.run.clipped`) and of
 which bound applies and how it is checked (`experiments.bounds.applicable` / `evaluate`), so
-synthetic and real runs are judged alike, and measures with `experiments.run.measure`.
+synthetic and real runs are judged alike; the measurements are `experiments.run.measure`'s,
+taken once by the sequential run (``ctx.measured``).
 X, X_hat and W enter in float64.
 """
 
@@ -28,17 +29,15 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
     bound), as `experiments.bounds.evaluate`. RTN has no bound (empty ``bounds``).
     """
     from experiments import bounds as eb
-    from experiments import data, run
+    from experiments import run
 
     o = ctx.options
     X = np.asarray(ctx.X, np.float64)
     X_hat = np.asarray(ctx.X_hat, np.float64)
     W = np.asarray(ctx.W, np.float64)
-    Q = np.asarray(ctx.result.Q, np.float64)
     step = np.broadcast_to(np.asarray(ctx.grid.step, np.float64), (W.shape[1],))
     res = None if o.algorithm == "rtn" else ctx.result
-    layer = data.Layer(X, X_hat, W, ctx.name)
-    measured = run.measure(layer, Q, res, step, floors=False)  # E_LS: sequential.measure
+    measured = ctx.measured  # run.measure of this layer, taken by the sequential run
     precision = "float64" if jax.config.read("jax_enable_x64") else "float32"
     rtol = eb.RTOL[precision]
     is_paper = o.algorithm == "qronos" and o.variant == "paper"

@@ -22,8 +22,8 @@ import numpy as np
 
 from experiments.real import activations, sequential
 
-FIELDS = ("algorithm", "variant", "bits", "tokens", "heldout", "cosine_mean", "cosine_min",
-          "rel_err_block0", "rel_err_later", "quantize_s", "total_s")
+FIELDS = ("algorithm", "variant", "percdamp", "bits", "tokens", "heldout", "cosine_mean",
+          "cosine_min", "rel_err_block0", "rel_err_later", "quantize_s", "total_s")
 
 
 def row(algorithm: str, bits: int, tokens: int, heldout: int | None, **options) -> dict:
@@ -33,9 +33,10 @@ def row(algorithm: str, bits: int, tokens: int, heldout: int | None, **options) 
     total = time.perf_counter() - t0
     rel = np.array([r["rel_err"] for r in res.records])
     block = np.array([r["layer"] for r in res.records])
+    variant = options.get("variant", "paper") if algorithm == "qronos" else ""
     return {
-        "algorithm": algorithm, "variant": options.get("variant", "paper")
-        if algorithm == "qronos" else "", "bits": bits, "tokens": tokens,
+        "algorithm": algorithm, "variant": variant, "percdamp": options.get("percdamp", ""),
+        "bits": bits, "tokens": tokens,
         "heldout": len(res.cosine), "cosine_mean": res.cosine_mean,
         "cosine_min": float(res.cosine.min()), "rel_err_block0": float(rel[block == 0].mean()),
         "rel_err_later": float(rel[block > 0].mean()), "quantize_s": res.seconds,
@@ -50,6 +51,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=activations.DEFAULT_TOKENS)
     ap.add_argument("--heldout", type=int, default=activations.DEFAULT_HELDOUT)
     ap.add_argument("--variant", default="paper")
+    ap.add_argument("--percdamp", type=float, default=None,
+                    help="relative damping of every layer (default: ptq's 0.01)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -61,6 +64,8 @@ def main(argv=None) -> None:
     for bits in args.bits:
         for alg in args.algorithms:
             opts = {"variant": args.variant} if alg == "qronos" else {}
+            if args.percdamp is not None and alg != "rtn":
+                opts["percdamp"] = args.percdamp
             r = row(alg, bits, args.tokens, args.heldout, **opts)
             rows.append(r)
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

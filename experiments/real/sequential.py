@@ -22,7 +22,8 @@ Measured per layer (float64, per neuron j = column of W): ``err2_j = ||X w_j - X
 and ``errinf_j = ||X w_j - X_hat q_j||_inf`` (the error against the full-precision target),
 ``self2_j = ||X_hat (w_j - q_j)||_2`` (the error OPTQ controls, B1 with ``X_hat``), and for
 Qronos the floor ``E_LS,j = sqrt(||X w_j - X_hat wt_j||^2 + lam ||w_j - wt_j||^2)``
-(``wt = result.W_start``, THEORY.md I5/Q1). Bounds are the caller's: pass ``on_layer``.
+(``wt = result.W_start``, THEORY.md I5/Q1), all through `experiments.run.measure`, the
+measurement of synthetic runs. Bounds are the caller's: pass ``on_layer``.
 
 End to end: the cosine similarity of the quantized and full-precision sentence embeddings on
 held-out text (never the calibration text).
@@ -30,6 +31,7 @@ held-out text (never the calibration text).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from functools import partial
@@ -81,6 +83,7 @@ class LayerContext(NamedTuple):
     b: np.ndarray  # (n,) bias (kept in full precision)
     grid: ptq.Grid
     result: object  # ptq.Result (optq, qronos) or ptq.RTNResult (rtn)
+    measured: dict  # per-neuron float64 measurements (`experiments.run.measure`)
 
 
 class EncoderResult(NamedTuple):
@@ -120,25 +123,41 @@ def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid, key=None):
     return ptq.qronos(X, X_hat, W, grid, variant=o.variant, **common)
 
 
-def measure(X, X_hat, W, Q, result, algorithm: str) -> dict:
-    """Per-neuron errors of ``X W - X_hat Q`` (float64), and E_LS for Qronos."""
+def measure(X, X_hat, W, Q, result, step, algorithm: str, target=None) -> tuple[dict, dict]:
+    """`experiments.run.measure` of one layer (float64), and the record's fields from it.
+
+    Returns ``(fields, measured)``: ``fields`` has err2, errinf, self2 (per neuron), rel_err,
+    input_mismatch and, for Qronos, e_ls (from ``result.W_start``); ``measured`` is the full
+    per-neuron dict the bound checks read. ``target``: ``X @ W`` in float64 if known.
+    """
+    from experiments import data, run as run_
+
     X64, Xh64, W64 = (np.asarray(a, np.float64) for a in (X, X_hat, W))
-    Q64 = np.asarray(Q, np.float64)
-    target = X64 @ W64
-    S = Xh64 @ (W64 - Q64)  # X_hat (W - Q): the error OPTQ controls
-    D = (target - Xh64 @ W64) + S  # = X W - X_hat Q
-    rec = {
-        "err2": np.linalg.norm(D, axis=0),
-        "errinf": np.abs(D).max(axis=0),
-        "self2": np.linalg.norm(S, axis=0),
-        "rel_err": float(np.linalg.norm(D) / np.linalg.norm(target)),
+    layer = data.Layer(X64, Xh64, W64, "real")
+    if target is None:
+        target = X64 @ W64
+    res = None if algorithm == "rtn" else result
+    measured = run_.measure(layer, np.asarray(Q, np.float64), res, step, floors=False,
+                            target=target)
+    D2 = np.sum(measured["err2"] ** 2)
+    fields = {
+        "err2": measured["err2"], "errinf": measured["errinf"], "self2": measured["err2_self"],
+        "rel_err": float(np.sqrt(D2 / np.sum(target**2))),
         "input_mismatch": float(np.linalg.norm(X64 - Xh64) / np.linalg.norm(X64)),
     }
     if algorithm == "qronos":
         wt = np.asarray(result.W_start, np.float64)
-        rec["e_ls"] = np.sqrt(np.sum((target - Xh64 @ wt) ** 2, axis=0)
-                              + result.lam * np.sum((W64 - wt) ** 2, axis=0))
-    return rec
+        fields["e_ls"] = np.sqrt(np.sum((target - Xh64 @ wt) ** 2, axis=0)
+                                 + result.lam * np.sum((W64 - wt) ** 2, axis=0))
+    return fields, measured
+
+
+@functools.lru_cache(maxsize=None)
+def _target(i: int, kind: str, n_tokens: int) -> np.ndarray:
+    """``X @ W`` of layer (i, kind) in float64: the same in every run at these tokens."""
+    X = activations.full_precision(n_tokens).inputs[layer_name(i, kind)]
+    W = activations.model().params["layers"][i][kind][0]
+    return np.asarray(X, np.float64) @ np.asarray(W, np.float64)
 
 
 @partial(jax.jit, static_argnums=(5,))
@@ -195,10 +214,13 @@ def run(options: Options, *, n_tokens: int = activations.DEFAULT_TOKENS,
                "m": X.shape[0], "N": W.shape[0], "n": W.shape[1],
                "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds,
                "step": np.asarray(grid.step, np.float64)}
-        rec.update(measure(X, X_hat, W, Q, res, o.algorithm))
+        step_n = np.broadcast_to(np.asarray(grid.step, np.float64), (W.shape[1],))
+        fields, measured = measure(X, X_hat, W, Q, res, step_n, o.algorithm,
+                                   _target(i, kind, n_tokens))
+        rec.update(fields)
         if on_layer is not None:
             extra = on_layer(LayerContext(name, i, kind, o, X, X_hat, np.asarray(W),
-                                          np.asarray(b), grid, res))
+                                          np.asarray(b), grid, res, measured))
             rec.update(extra or {})
         log.debug("%s %s %d bits: rel_err %.4g (%.2fs)", name, o.algorithm, o.bits,
                  rec["rel_err"], seconds)

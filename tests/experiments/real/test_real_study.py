@@ -65,7 +65,8 @@ def test_figures_written_from_the_records(smoke):
             assert os.path.getsize(os.path.join(out, f"{name}.{ext}")) > 0
     cosine = pd.read_csv(os.path.join(out, "real_cosine.csv"))
     assert set(cosine.config) == set(study.SIZES["smoke"].practical)
-    recs = {r["config"]["name"]: r for r in study.load(folder) if r["config"]["pass"] == "practical"}
+    recs = {r["config"]["name"]: r for r in study.load(folder)
+            if r["config"]["pass"] == "practical"}
     for row in cosine.itertuples():
         assert row.cosine_mean == pytest.approx(recs[row.config]["cosine_mean"], rel=1e-5)
     gain = pd.read_csv(os.path.join(out, "real_gain.csv"))
