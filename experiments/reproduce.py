@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from experiments import records, sweep
+from experiments import console_logging, records, sweep
 from experiments.figures import FIGURES
 
 log = logging.getLogger("experiments.reproduce")
@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="figures", help="figure folder")
     parser.add_argument("--no-figures", action="store_true", help="run the sweeps only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("jax", "absl", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console_logging()
     logging.getLogger("experiments.run").setLevel(logging.WARNING)  # one line per run is noise
     enable_compile_cache()
     names = list(args.only or (*FIGURES, REAL))

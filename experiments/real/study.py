@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments import records
+from experiments import console_logging, records
 from experiments.real.bounds import P_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="records root (runs/<size>/real)")
     parser.add_argument("--out", default="figures", help="figure folder")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("jax", "absl", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console_logging()
     from experiments.figures import real as real_figures
 
     folder = f"{args.runs}/{args.size}/real"
