@@ -26,7 +26,7 @@ def optq(
     key: jax.Array | None = None,
     block_size: int = 128,
 ) -> Result:
-    r"""Quantize the layer ``X @ W`` with OPTQ (GPTQ); stochastic OPTQ with ``rounding="stochastic"``.
+    r"""Quantize the layer ``X @ W`` with OPTQ (GPTQ); ``rounding="stochastic"``: stochastic OPTQ.
 
     With ``Xa = [X; sqrt(lam) I]`` and features in processing order, ``w(0) = w`` and for
     ``t = 1..N`` (THEORY.md section 2)::

@@ -128,7 +128,8 @@ class Grid(NamedTuple):
 
             def make(p):
                 scale = (p * hi - p * lo) / maxq
-                return cls(scale, jnp.round(-p * lo / scale), jnp.asarray(0.0), jnp.asarray(float(maxq)))
+                return cls(scale, jnp.round(-p * lo / scale), jnp.asarray(0.0),
+                           jnp.asarray(float(maxq)))
 
         if not mse:
             grid = make(1.0)
@@ -224,6 +225,7 @@ def _check_bits(bits, *, minimum: int) -> int:
     if bits < minimum or bits > MAX_BITS:
         need = "symmetric grids need bits >= 2 (K = 2^(b-1) - 1 >= 1)" if minimum == 2 else ""
         raise ValueError(
-            f"`bits` must be in [{minimum}, {MAX_BITS}]; got {bits}" + (f" ({need})" if need else "")
+            f"`bits` must be in [{minimum}, {MAX_BITS}]; got {bits}"
+            + (f" ({need})" if need else "")
         )
     return int(bits)

@@ -64,7 +64,8 @@ def check_common(grid, n: int, rounding: str, key, block_size) -> None:
         raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
     if rounding == "stochastic" and key is None:
         raise ValueError("`rounding='stochastic'` needs `key` (a jax.random key); got key=None")
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
+    integral = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
+    if not integral or block_size < 1:
         raise ValueError(f"`block_size` must be an integer >= 1; got {block_size!r}")
 
 

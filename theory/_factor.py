@@ -58,7 +58,8 @@ def as_matrix(name: str, A) -> np.ndarray:
     return A
 
 
-def resolve(X: np.ndarray, lam, percdamp, order, order_seed) -> tuple[np.ndarray, float, np.ndarray]:
+def resolve(X: np.ndarray, lam, percdamp, order,
+            order_seed) -> tuple[np.ndarray, float, np.ndarray]:
     """``(order, lam, col_sq_norms)`` resolved exactly as `ptq` does, from the factorised X."""
     sq = np.einsum("ij,ij->j", X, X)
     lam = options.resolve_lam(sq.mean(), lam, percdamp)
@@ -121,9 +122,11 @@ def factorise(
 def get_factors(X, factors, lam, percdamp, order, order_seed, name="X") -> Factors:
     """Return ``factors`` after checking it matches the arguments, or compute it."""
     if factors is None:
-        return factorise(X, lam=lam, percdamp=percdamp, order=order, order_seed=order_seed, name=name)
+        return factorise(X, lam=lam, percdamp=percdamp, order=order, order_seed=order_seed,
+                         name=name)
     if not isinstance(factors, Factors):
-        raise ValueError(f"`factors` must be a theory.Factors or None; got {type(factors).__name__}")
+        raise ValueError(
+            f"`factors` must be a theory.Factors or None; got {type(factors).__name__}")
     perm, lam, _ = resolve(X, lam, percdamp, order, order_seed)
     check_precomputed(factors.order, factors.lam, perm, lam, "factors")
     return factors

@@ -29,7 +29,7 @@ class LamGuidance(NamedTuple):
 
     lams: np.ndarray  # (L,) float64: the candidates (absolute lam)
     feasible: np.ndarray  # (L,) bool: the no-clipping condition can hold at this lam
-    step: np.ndarray  # (L, n): the step used (smallest admissible, or the given one); NaN if infeasible
+    step: np.ndarray  # (L, n): the step used (smallest admissible, or given); NaN if infeasible
     bound: np.ndarray  # (L, n): B1/S1 per neuron at that step; NaN if infeasible
     total: np.ndarray  # (L,): sqrt(sum_n bound^2), bound on ||X (W - Q)||_F; NaN if infeasible
     growth: np.ndarray  # (L,): max_j a * c_j(lam), in units of delta (needs < K)
@@ -117,7 +117,8 @@ def lam_guidance(
         bounds[i] = 0.5 * d * np.sqrt(np.sum(f.r[live] ** 2))
     total = np.sqrt(np.sum(bounds**2, axis=1))
     if not feasible.any():
-        log.warning("lam_guidance: no candidate lam satisfies the no-clipping condition (K = %d)", K)
+        log.warning("lam_guidance: no candidate lam satisfies the no-clipping condition "
+                    "(K = %d)", K)
         return LamGuidance(lams, feasible, steps, bounds, total, growth_max, None, None, None, K)
     idx = int(np.nanargmin(np.where(feasible, total, np.nan)))
     return LamGuidance(
@@ -127,7 +128,8 @@ def lam_guidance(
 
 def _levels(bits, levels) -> int:
     if (bits is None) == (levels is None):
-        raise ValueError(f"give exactly one of `bits` and `levels`; got bits={bits!r}, levels={levels!r}")
+        raise ValueError(
+            f"give exactly one of `bits` and `levels`; got bits={bits!r}, levels={levels!r}")
     if bits is not None:
         if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 2 <= bits <= 24:
             raise ValueError(f"`bits` must be an integer in [2, 24] (symmetric grid); got {bits!r}")

@@ -43,7 +43,8 @@ def _step(step, n: int | None) -> tuple[np.ndarray, bool]:
     if n is None:
         n = 1 if scalar else int(np.shape(step)[0]) if np.ndim(step) == 1 else -1
         if n < 0:
-            raise ValueError(f"`step` must be a scalar or have shape (n,); got shape {np.shape(step)}")
+            raise ValueError(
+                f"`step` must be a scalar or have shape (n,); got shape {np.shape(step)}")
     return options.check_step(step, n), scalar
 
 
@@ -84,7 +85,7 @@ def optq_l2_bound(
     r=None,
     factors: Factors | None = None,
 ) -> np.ndarray:
-    r"""B1: ``||X (w - q)||_2 <= sqrt(||X(w-q)||^2 + lam ||w-q||^2) <= (delta/2) sqrt(sum_t r_t^2)``.
+    r"""B1: ``||X (w-q)||_2 <= sqrt(||X(w-q)||^2 + lam ||w-q||^2) <= (delta/2) sqrt(sum r_t^2)``.
 
     From I2, ``||Xa (w - q)||^2 = sum_t e_t^2 r_t^2`` with ``|e_t| <= delta/2`` (round to
     nearest, no clipping). The sum runs over live features (nonzero columns of X): OPTQ
@@ -128,7 +129,8 @@ def smallest_singular_values(Xp: np.ndarray, breakpoints: int | None = None) -> 
     if breakpoints is None:
         bps = np.arange(T)
     else:
-        if isinstance(breakpoints, bool) or not isinstance(breakpoints, (int, np.integer)) or breakpoints < 1:
+        integral = isinstance(breakpoints, (int, np.integer)) and not isinstance(breakpoints, bool)
+        if not integral or breakpoints < 1:
             raise ValueError(f"`breakpoints` must be an integer >= 1 or None; got {breakpoints!r}")
         k = np.unique(np.round(m * (N / m) ** np.linspace(0, 1, int(breakpoints))).astype(int))
         # k later columns <=> 0-based t = N - 1 - k; need t in [0, T); k = m gives t = T - 1,
@@ -242,7 +244,7 @@ def optq_weight_bound(
     order_seed: int = 0,
     factors: Factors | None = None,
 ) -> WeightBound:
-    r"""B3: ``max_{t,j} |w_j(t)| <= max_j (|w_j| + (delta/2) c_j) <= ||w||_inf + (delta/2) max_j c_j``.
+    r"""B3: ``max_{t,j} |w_j(t)| <= max_j (|w_j| + (delta/2) c_j) <= ||w||_inf + delta/2 max c_j``.
 
     ``w_j(t) - w_j = -sum_{s <= t, s < j} e_s V_sj`` with ``V_sj = U_sj / U_ss`` (OPTQ's fast
     form), ``|e_s| <= delta/2``, so ``c_j = sum_{s<j} |V_sj|``. The first (per coordinate) form

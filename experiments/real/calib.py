@@ -67,7 +67,8 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 def parse_layer(layer: str) -> tuple[int, str]:
-    """``"3.intermediate"`` or ``"encoder.layer.3.intermediate.dense"`` -> ``(3, "intermediate")``."""
+    """``"3.intermediate"`` or ``"encoder.layer.3.intermediate.dense"`` -> ``(3,
+    "intermediate")``."""
     s = str(layer)
     for i in range(6):
         for kind in KINDS:

@@ -1,7 +1,7 @@
 """Regenerate ``data/real/``: the token ids and the PyTorch reference of the real model.
 
     pip install -e '.[regen]'          # tokenizers, torch (CPU), transformers
-    python -m experiments.real.regen   # rewrites data/real/{tokens.npz,reference.npz,PROVENANCE.json}
+    python -m experiments.real.regen   # rewrites data/real/ (tokens, reference, PROVENANCE.json)
 
 Runs never need this: they read the committed ids. It is the only place that imports the
 tokenizer or PyTorch. Nothing is downloaded: the tokenizer and the weights are read from the
@@ -115,7 +115,8 @@ def main(argv=None) -> None:
         ),
         "tokenizer": (
             f"tokenizers {tokenizers.__version__}, {weights.PACKAGE} 0.1.0 model/tokenizer.json "
-            f"(BERT WordPiece, lower case), [CLS] ... [SEP], truncation to {text.MAX_LEN}, no padding"
+            f"(BERT WordPiece, lower case), [CLS] ... [SEP], truncation to {text.MAX_LEN}, "
+            "no padding"
         ),
         "date": datetime.date.today().isoformat(),
         "counts": {

@@ -17,7 +17,8 @@ W = rng.standard_normal((8, 3))
 
 def test_theory_does_not_import_jax():
     code = "import theory, sys; assert 'jax' not in sys.modules, 'theory imported jax'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(theory.__file__).parents[1]))
+    root = __import__("pathlib").Path(theory.__file__).parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(root))
 
 
 def test_shapes_and_step_forms():
@@ -36,7 +37,8 @@ def test_shapes_and_step_forms():
 def test_precomputed_factors_and_r_are_checked():
     f = theory.factorise(X, order="decreasing_norm", lam=0.5)
     b = theory.optq_l2_bound(X, 0.1, order="decreasing_norm", lam=0.5, factors=f)
-    np.testing.assert_allclose(b, theory.optq_l2_bound(X, 0.1, order="decreasing_norm", lam=0.5), rtol=1e-15)
+    again = theory.optq_l2_bound(X, 0.1, order="decreasing_norm", lam=0.5)
+    np.testing.assert_allclose(b, again, rtol=1e-15)
     with pytest.raises(ValueError, match="processing order"):
         theory.optq_l2_bound(X, 0.1, lam=0.5, factors=f)
     with pytest.raises(ValueError, match="lam"):
@@ -55,16 +57,19 @@ def test_precomputed_factors_and_r_are_checked():
         (lambda: theory.optq_l2_bound(X[0], 0.1), "`X` must be a 2-D array"),
         (lambda: theory.optq_l2_bound(np.full((3, 2), np.nan), 0.1), "`X` must be finite"),
         (lambda: theory.optq_l2_bound(X, -1.0), "`step` must be finite and > 0"),
-        (lambda: theory.optq_weight_bound(X, W, np.ones(4)), r"`step` must be a scalar or have shape \(n,\)"),
+        (lambda: theory.optq_weight_bound(X, W, np.ones(4)),
+         r"`step` must be a scalar or have shape \(n,\)"),
         (lambda: theory.optq_weight_bound(X, W.T, 0.1), "`W` must have shape"),
-        (lambda: theory.optq_l2_bound(X, 0.1, lam=1.0, percdamp=0.1), "at most one of `lam` and `percdamp`"),
+        (lambda: theory.optq_l2_bound(X, 0.1, lam=1.0, percdamp=0.1),
+         "at most one of `lam` and `percdamp`"),
         (lambda: theory.optq_l2_bound(X, 0.1, lam=-1.0), "`lam` must be a finite number >= 0"),
         (lambda: theory.optq_l2_bound(X, 0.1, order="sideways"), "`order` must be one of"),
         (lambda: theory.optq_l2_bound(X, 0.1, order=[0, 0, 1]), "permutation"),
         (lambda: theory.optq_l2_bound(X[:4], 0.1, lam=0.0), "not positive definite"),
         (lambda: theory.stochastic_linf_bound(X, 0.1, p=1.5), r"`p` \(failure probability\)"),
         (lambda: theory.stochastic_weight_bound(X, W, 0.1, p=0), "`p`"),
-        (lambda: theory.qronos_l2_bound(X, Xh, W, 0.1, variant="brevitas"), "`variant` must be one of"),
+        (lambda: theory.qronos_l2_bound(X, Xh, W, 0.1, variant="brevitas"),
+         "`variant` must be one of"),
         (lambda: theory.qronos_l2_bound(X, Xh[:5], W, 0.1), "`X_hat` must have the shape of X"),
         (lambda: theory.residual_norms(X, M="all"), "`M` must be"),
         (lambda: theory.optq_structural_bound(X[:4], 0.1, breakpoints=0), "`breakpoints`"),

@@ -23,7 +23,8 @@ def test_optq_B1_B2_B3_hold_and_K_prevents_clipping(case):
     b1 = theory.optq_l2_bound(X, step, **opts)
     assert np.all(meas.augmented <= b1 * SLACK), (meas.augmented, b1)
     # The cheap path from ptq's own r gives the same number.
-    np.testing.assert_allclose(theory.optq_l2_bound(X, step, r=np.asarray(res.r), **opts), b1, rtol=1e-9)
+    b1_from_r = theory.optq_l2_bound(X, step, r=np.asarray(res.r), **opts)
+    np.testing.assert_allclose(b1_from_r, b1, rtol=1e-9)
     b2 = theory.optq_structural_bound(X, step, **opts)
     assert np.all(b1 <= b2.bound * SLACK)  # r_t^2 <= rbar_t^2 step by step
     f = theory.factorise(X, **opts)

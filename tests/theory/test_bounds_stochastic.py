@@ -58,7 +58,8 @@ def runs(X, W, grid, opts, X_hat=None, variant=None):
         if X_hat is None:
             yield ptq.optq(X, W, grid, rounding="stochastic", key=key, **opts)
         else:
-            yield ptq.qronos(X, X_hat, W, grid, rounding="stochastic", key=key, variant=variant, **opts)
+            yield ptq.qronos(X, X_hat, W, grid, rounding="stochastic", key=key, variant=variant,
+                             **opts)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -118,7 +119,8 @@ def test_Q3_paper_variant_needs_the_first_step_offset():
                      key=jax.random.key(0), variant="paper")
     meas = theory.output_errors(X, W, np.asarray(res.Q), X_hat=Xh).linf
     ours = theory.qronos_linf_bound(X, Xh, W[:, :1], step, p=p, variant="paper")[0]
-    theirs = theory.qronos_linf_bound(X, Xh, W[:, :1], step, p=p, variant="ls_first")[0]  # no offset
+    # ls_first has no first-step offset: its centre is THEORY.md's form
+    theirs = theory.qronos_linf_bound(X, Xh, W[:, :1], step, p=p, variant="ls_first")[0]
     assert np.mean(meas > ours) == 0.0
     assert np.mean(meas > theirs) > 0.5
 
@@ -154,7 +156,8 @@ def test_S1_mean_square_identity_and_bound(name):
         frac = x - np.floor(x)
         A = np.sum(step**2 * frac * (1 - frac) * r[:, None] ** 2, axis=0)
         assert np.all(A <= s1**2 * (1 + 1e-12))
-        err2 = theory.output_errors(X, np.asarray(res.W_start), np.asarray(res.Q), lam=res.lam).augmented ** 2
+        out = theory.output_errors(X, np.asarray(res.W_start), np.asarray(res.Q), lam=res.lam)
+        err2 = out.augmented**2
         s = np.sqrt(np.log(2 / ALPHA) * step**4 * np.sum(r**4) / (2 * W.shape[1]))
         assert abs(np.mean(err2 - A)) <= s
         assert np.mean(err2) <= s1**2 + s

@@ -18,7 +18,8 @@ def test_chosen_lam_satisfies_B3_and_never_clips(seed, bits, per, order):
     rng = np.random.default_rng(seed)
     X = make_X(rng, 30, 13, cond=2.0, spread=0.5)
     W = rng.standard_normal((13, 4))
-    g = theory.lam_guidance(X, W, bits=bits, per=per, order=order, lams=np.mean(X**2) * 30 * np.logspace(-4, 2, 13))
+    lams = np.mean(X**2) * 30 * np.logspace(-4, 2, 13)
+    g = theory.lam_guidance(X, W, bits=bits, per=per, order=order, lams=lams)
     assert g.lam is not None
     K = 2 ** (bits - 1) - 1
     b3 = theory.optq_weight_bound(X, W, g.best_step, lam=g.lam, order=order)

@@ -81,7 +81,8 @@ def test_qronos_identity_I5(case, noise):
         ls = theory.qronos_bounds.least_squares(X, Xh, W, opts.get("lam"), opts.get("percdamp"),
                                                 opts["order"], opts["order_seed"], None)
         np.testing.assert_allclose(
-            ls.W_ls, np.asarray(res.W_start)[ls.factors.order], rtol=1e-7, atol=1e-9 * np.abs(ls.W_ls).max()
+            ls.W_ls, np.asarray(res.W_start)[ls.factors.order], rtol=1e-7,
+            atol=1e-9 * np.abs(ls.W_ls).max(),
         )
         e = np.asarray(res.e)
         meas = theory.output_errors(X, W, np.asarray(res.Q), X_hat=Xh, lam=res.lam).augmented

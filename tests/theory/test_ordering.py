@@ -21,7 +21,8 @@ def test_decreasing_norm_order_beats_increasing_with_N_gt_m(seed):
     W = rng.standard_normal((N, n))
     step = 0.05
     opts = dict(percdamp=1e-5)
-    b2 = {o: theory.optq_structural_bound(X, step, order=o, **opts) for o in ("decreasing_norm", "increasing_norm")}
+    b2 = {o: theory.optq_structural_bound(X, step, order=o, **opts)
+          for o in ("decreasing_norm", "increasing_norm")}
     assert b2["decreasing_norm"].bound < b2["increasing_norm"].bound
     # as lam -> 0 only the last m processed columns count: that part dominates here
     tail = b2["decreasing_norm"].r_sq_bound[N - m :].sum()

@@ -57,7 +57,8 @@ def layers(draw, *, allow_lam_zero: bool = True, max_dead: int = 2):
     if draw(st.booleans()):
         step = float(step.mean())
     return dict(
-        X=X, W=W, step=step, opts=dict(order=order, order_seed=seed % 1000, **lam_kwargs(kind, value)),
+        X=X, W=W, step=step,
+        opts=dict(order=order, order_seed=seed % 1000, **lam_kwargs(kind, value)),
         rng=rng, seed=seed,
     )
 
