@@ -215,7 +215,8 @@ def run(options: Options, *, n_tokens: int = activations.DEFAULT_TOKENS,
                "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds,
                "step": np.asarray(grid.step, np.float64)}
         step_n = np.broadcast_to(np.asarray(grid.step, np.float64), (W.shape[1],))
-        fields, measured = measure(X, X_hat, W, Q, res, step_n, o.algorithm,
+        # the algorithm's own Q (float64 in x64 mode), not the float32 copy the model runs
+        fields, measured = measure(X, X_hat, W, res.Q, res, step_n, o.algorithm,
                                    _target(i, kind, n_tokens))
         rec.update(fields)
         if on_layer is not None:

@@ -101,6 +101,13 @@ def test_no_bound_violation_on_real_layers(real_model, algorithm):
 
     def hook(ctx):
         recs.append((ctx.name, theory_bounds(ctx)))
+        # what is measured is the algorithm's own float64 Q (not the float32 copy the model
+        # runs): the bounds are about that Q
+        Q = np.asarray(ctx.result.Q)
+        assert Q.dtype == np.float64
+        X, Xh, W = (np.asarray(a, np.float64) for a in (ctx.X, ctx.X_hat, ctx.W))
+        err2 = np.linalg.norm(X @ W - Xh @ Q, axis=0)
+        np.testing.assert_allclose(ctx.measured["err2"], err2, rtol=1e-12)
         return {}
 
     o = sequential.Options(algorithm=algorithm, bits=3, grid="symmetric", finite=False)
