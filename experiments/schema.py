@@ -17,6 +17,8 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from ptq import options  # NumPy-only: the names of orders, rounding modes and variants
+
 
 class Family(str, Enum):
     gaussian = "gaussian"
@@ -38,21 +40,14 @@ class Method(str, Enum):
     qronos = "qronos"
 
 
-class Rounding(str, Enum):
-    nearest = "nearest"
-    stochastic = "stochastic"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum whose members are the library's own names (one definition, in ptq.options)."""
+    return Enum(name, {v: v for v in values}, type=str, module=__name__, qualname=name)
 
 
-class Variant(str, Enum):
-    paper = "paper"
-    ls_first = "ls_first"
-
-
-class OrderName(str, Enum):
-    natural = "natural"
-    decreasing_norm = "decreasing_norm"
-    increasing_norm = "increasing_norm"
-    random = "random"
+Rounding = _choices("Rounding", options.ROUNDINGS)
+Variant = _choices("Variant", options.VARIANTS)
+OrderName = _choices("OrderName", options.ORDERS)
 
 
 class GridKind(str, Enum):

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from ptq import layer
+from ptq import layer, options
 from ptq.grid import Grid
 from ptq.kernel import HIGHEST, factor
 from ptq.layer import Result, Rounding
 from ptq._optq import run_ordered
 from ptq.options import Order, check_layer_shapes
 
-Variant = Literal["paper", "ls_first"]
-VARIANTS = ("paper", "ls_first")
+Variant = options.Variant
+VARIANTS = options.VARIANTS
 
 
 def qronos(
@@ -68,8 +67,7 @@ def qronos(
     """
     m, N, n = check_layer_shapes(X, W, X_hat)
     layer.check_common(grid, n, rounding, key, block_size)
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}")
+    options.check_variant(variant)
     X, X_hat, W = layer.as_arrays(("X", X), ("X_hat", X_hat), ("W", W))
     sq = layer.column_sq_norms(X_hat)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)

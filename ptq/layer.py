@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from ptq import options
 from ptq.grid import Grid
 from ptq.kernel import HIGHEST
 
-Rounding = Literal["nearest", "stochastic"]
+Rounding = options.Rounding
 
 
 class Result(NamedTuple):
@@ -60,8 +60,7 @@ def check_common(grid, n: int, rounding: str, key, block_size) -> None:
         raise ValueError(
             f"`grid` must have one step per neuron, shape () or ({n},); got {jnp.shape(grid.step)}"
         )
-    if rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+    options.check_rounding(rounding)
     if rounding == "stochastic" and key is None:
         raise ValueError("`rounding='stochastic'` needs `key` (a jax.random key); got key=None")
     integral = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)

@@ -1,7 +1,8 @@
 """Argument resolution shared by `ptq` (JAX) and `theory` (NumPy).
 
 This module is NumPy-only on purpose: `theory` imports it to resolve `order`, `lam` and
-`percdamp` exactly as the algorithms do, without importing JAX (see DESIGN.md). Every
+`percdamp` exactly as the algorithms do, without importing JAX (see DESIGN.md). The names of
+the rounding modes and of the Qronos variants live here for the same reason. Every
 public function of `ptq` and `theory` that takes these arguments goes through here, so
 there is one definition of each.
 
@@ -25,7 +26,23 @@ import numpy as np
 OrderName = Literal["natural", "decreasing_norm", "increasing_norm", "random"]
 Order = Union[OrderName, Sequence[int], np.ndarray]
 ORDERS: tuple[str, ...] = get_args(OrderName)
+Rounding = Literal["nearest", "stochastic"]
+ROUNDINGS: tuple[str, ...] = get_args(Rounding)
+Variant = Literal["paper", "ls_first"]  # Qronos: correction step first, or least squares first
+VARIANTS: tuple[str, ...] = get_args(Variant)
 DEFAULT_PERCDAMP = 0.01  # GPTQ's default relative damping
+
+
+def check_rounding(rounding) -> None:
+    """``rounding`` is one of `ROUNDINGS` (ValueError naming the argument otherwise)."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+
+
+def check_variant(variant) -> None:
+    """``variant`` is one of `VARIANTS` (ValueError naming the argument otherwise)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}")
 
 
 def resolve_lam(diag_mean: float, lam: float | None, percdamp: float | None) -> float:

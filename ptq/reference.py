@@ -143,8 +143,7 @@ def _prepare(X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed):
     named = [("X", X), ("W", W)] + ([] if X_hat is None else [("X_hat", X_hat)])
     for name, A in named:
         options.check_finite_numpy(name, np.asarray(A, dtype=np.float64))
-    if rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+    options.check_rounding(rounding)
     if rounding == "stochastic":
         if u is None or np.shape(u) != (N, n):
             raise ValueError(f"`u` must have shape (N, n) = {(N, n)}; got {np.shape(u)}")

@@ -47,7 +47,7 @@ def lam_guidance(
     levels: int | None = None,
     lams=None,
     step=None,
-    rounding: Literal["nearest", "stochastic"] = "nearest",
+    rounding: options.Rounding = "nearest",
     p: float = 0.05,
     per: Literal["neuron", "layer"] = "neuron",
     order: options.Order = "natural",
@@ -74,8 +74,7 @@ def lam_guidance(
     W = as_matrix("W", W)
     _, N, n = options.check_layer_shapes(X, W)
     K = _levels(bits, levels)
-    if rounding not in ("nearest", "stochastic"):
-        raise ValueError(f"`rounding` must be 'nearest' or 'stochastic'; got {rounding!r}")
+    options.check_rounding(rounding)
     if per not in ("neuron", "layer"):
         raise ValueError(f"`per` must be 'neuron' or 'layer'; got {per!r}")
     perm, _, sq = resolve(X, None, None, order, order_seed)

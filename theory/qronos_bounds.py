@@ -15,7 +15,7 @@ lam, percdamp and the norm orders refer to ``X_hat`` (the factorised matrix), as
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -24,8 +24,8 @@ from ptq import options
 from theory._factor import Factors, as_matrix, get_factors, rows_of_M
 from theory.stochastic import check_p, hoeffding_factor
 
-Variant = Literal["paper", "ls_first"]
-VARIANTS = ("paper", "ls_first")
+Variant = options.Variant
+VARIANTS = options.VARIANTS
 
 
 class LeastSquares(NamedTuple):
@@ -64,11 +64,6 @@ def least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors) -> Lea
     return LeastSquares(f, W_ls, z1, E_ls, res, Xp, Xhp, Wp)
 
 
-def _check_variant(variant) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}")
-
-
 def qronos_l2_bound(
     X,
     X_hat,
@@ -97,7 +92,7 @@ def qronos_l2_bound(
     Returns:
       (n,) the bound per neuron (it bounds the augmented error as well).
     """
-    _check_variant(variant)
+    options.check_variant(variant)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
     n = ls.Wp.shape[1]
     s = options.check_step(step, n)
@@ -171,7 +166,7 @@ def qronos_linf_bound(
     Returns:
       (n,) the bound per neuron.
     """
-    _check_variant(variant)
+    options.check_variant(variant)
     p = check_p(p)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
     m = ls.Xp.shape[0]

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from experiments.figures import common, style
+from ptq import options
 
 NAME = "order"
-ORDERS = ["natural", "decreasing_norm", "increasing_norm", "random"]
+ORDERS = options.ORDERS  # bars in this order
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +49,7 @@ def build(df: pd.DataFrame, out_dir: str = "figures") -> pd.DataFrame:
                    capsize=2, error_kw={"lw": 0.8})
         ax.set_xticks(x, [{"decreasing_norm": "decreasing", "increasing_norm": "increasing"}
                           .get(o, o) for o in orders], fontsize=7.5)
-        ax.set_title(f"m = {m}, N = {N} ({'N > m' if N > m else 'm > N'})")
+        ax.set_title(common.shape_title(m, N))
         ax.set_ylabel("error per neuron")
     axes[0].legend(loc="best")
     style.save(fig, NAME, t, out_dir)
