@@ -28,6 +28,11 @@ def col(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df else pd.Series(float("nan"), index=df.index)
 
 
+def shape_title(m: int, N: int) -> str:
+    """The panel title of one layer shape, saying which regime it is in."""
+    return f"m = {m}, N = {N} ({'N > m' if N > m else 'm > N'})"
+
+
 def cli(name: str, build: Callable[[pd.DataFrame, str], pd.DataFrame]) -> None:
     """``python -m experiments.figures.<name> [--runs runs] [--out figures]``."""
     parser = argparse.ArgumentParser(description=f"Build figures/{name}.* from its records.")

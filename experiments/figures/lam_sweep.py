@@ -34,7 +34,7 @@ def build(df: pd.DataFrame, out_dir: str = "figures") -> pd.DataFrame:
                   label=r"OPTQ, $\sqrt{\|X(w-q)\|^2+\lambda\|w-q\|^2}$")
         ax.loglog(s.lam, s.err2, "s:", color=style.COLORS["optq"], mfc="none",
                   label=r"OPTQ, $\|X(w-q)\|$")
-        ax.set_title(f"m = {m}, N = {N} ({'N > m' if N > m else 'm > N'})")
+        ax.set_title(common.shape_title(m, N))
         ax.set_xlabel(r"$\lambda$")
         ax.set_ylabel("error per neuron (mean)")
     axes[0].legend(loc="best")
