@@ -101,16 +101,9 @@ def real_row(size: str, folder: str, out_dir: str | None) -> dict:
     from experiments.real import study
 
     t0 = time.perf_counter()
-    ran, _ = study.run_study(size, folder)
-    if out_dir is not None:
-        try:
-            from experiments.figures import real as real_figures
-
-            real_figures.build_all(study.load(folder), out_dir)
-        except Exception:
-            log.exception("figure %s failed", REAL)
-    return {"figure": REAL, **study.summarize(folder), "S1_violations": "-",
-            "ran_now": ran, "seconds": round(time.perf_counter() - t0, 1)}
+    ran, summary = study.run_and_build(size, folder, out_dir)
+    return {"figure": REAL, **summary, "S1_violations": "-", "ran_now": ran,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def build_figure(name: str, folder: str, out_dir: str) -> None:

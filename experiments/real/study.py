@@ -100,20 +100,23 @@ def _bound_summary(checked: dict[str, dict], measured: dict[str, np.ndarray]) ->
     return out
 
 
+def _bounds_hook(ctx) -> dict[str, Any]:
+    """``on_layer`` of the bounds pass: every applicable bound, summarised per layer."""
+    from experiments.real import theory_bounds
+
+    tb = theory_bounds(ctx)
+    return {"clipped": tb["clipped"], "bounds": _bound_summary(tb["bounds"], tb["measured"])}
+
+
 def compute(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration; the body of its record (raises on failure)."""
     import jax
 
-    from experiments.real import quantize_encoder, theory_bounds
+    from experiments.real import quantize_encoder
 
     opts = {k: cfg[k] for k in ("grid", "finite", "order", "rounding", "variant", "seed")
             if k in cfg}
-    hook = None
-    if cfg["pass"] == "bounds":
-        def hook(ctx):
-            tb = theory_bounds(ctx)
-            summary = _bound_summary(tb["bounds"], tb["measured"])
-            return {"clipped": tb["clipped"], "bounds": summary}
+    hook = _bounds_hook if cfg["pass"] == "bounds" else None
 
     x64 = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", cfg["precision"] == "float64")
@@ -221,6 +224,21 @@ def summarize(out_dir: str) -> dict[str, Any]:
             "median_tightness": float(np.median(ratios)) if ratios else np.nan}
 
 
+def run_and_build(size: str, folder: str, out_dir: str | None) -> tuple[int, dict[str, Any]]:
+    """The study of ``size`` into ``folder``, its figures into ``out_dir`` (None: none; a
+    figure that fails is logged, the records stay), and `summarize`; returns (runs done now,
+    summary). What `experiments.reproduce` and this module's command line both run."""
+    ran, _ = run_study(size, folder)
+    if out_dir is not None:
+        try:
+            from experiments.figures import real as real_figures
+
+            real_figures.build_all(load(folder), out_dir)
+        except Exception:
+            log.exception("the real-model figures failed")
+    return ran, summarize(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the real-model study and its figures.")
     parser.add_argument("--size", default="default", choices=sorted(SIZES))
@@ -228,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="figures", help="figure folder")
     args = parser.parse_args(argv)
     console_logging()
-    from experiments.figures import real as real_figures
-
-    folder = f"{args.runs}/{args.size}/real"
-    run_study(args.size, folder)
-    real_figures.build_all(load(folder), args.out)
-    s = summarize(folder)
+    _, s = run_and_build(args.size, f"{args.runs}/{args.size}/real", args.out)
     print(s)
     return int(s["violations"] > 0 or s["errors"] > 0)
 
