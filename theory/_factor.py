@@ -201,7 +201,6 @@ def residual_norms(
     if M != "none":
         Xp = X[:, f.order]
         if M == "augmented":
-            N = Xp.shape[1]
             # Xa = [X; sqrt(lam) I] (a dead feature with lam = 0 keeps its unit row: ptq's
             # convention H_tt = 1 is the Gram matrix of Xa with that row appended).
             extra = np.diag(np.where((f.col_sq_norms + f.lam) == 0, 1.0, np.sqrt(f.lam)))

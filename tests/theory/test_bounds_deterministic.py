@@ -4,7 +4,7 @@ import numpy as np
 import ptq
 from hypothesis import given
 from hypothesis import strategies as st
-from theory_data import layers, x_hat
+from theory_data import augmented, layers, x_hat
 
 import theory
 
@@ -64,9 +64,7 @@ def test_E_ls_is_a_floor(case):
         X, Xh, W, opts.get("lam"), opts.get("percdamp"), opts["order"], opts["order_seed"], None
     )
     lam = ls.factors.lam
-    N = X.shape[1]
-    extra = np.diag(np.where(np.sum(Xh**2, 0) + lam == 0, 1.0, np.sqrt(lam)))
-    A = np.vstack([Xh, extra])
+    A = augmented(Xh, lam, np.arange(Xh.shape[1]))
     for j in range(W.shape[1]):
         y = np.concatenate([X @ W[:, j], np.sqrt(lam) * W[:, j]])
         v, *_ = np.linalg.lstsq(A, y, rcond=None)

@@ -5,7 +5,7 @@ import numpy as np
 import ptq
 from hypothesis import given
 from hypothesis import strategies as st
-from theory_data import layers, x_hat
+from theory_data import augmented, layers, x_hat
 
 import theory
 
@@ -19,13 +19,6 @@ def projector_distance(Xa, t):
         return np.linalg.norm(Xa[:, t])
     coef, *_ = np.linalg.lstsq(later, Xa[:, t], rcond=None)
     return np.linalg.norm(Xa[:, t] - later @ coef)
-
-
-def augmented(X, lam, order):
-    Xp = X[:, order]
-    N = Xp.shape[1]
-    extra = np.diag(np.where(np.sum(Xp**2, 0) + lam == 0, 1.0, np.sqrt(lam)))
-    return np.vstack([Xp, extra])
 
 
 @given(case=layers())

@@ -67,3 +67,11 @@ def x_hat(rng, X, noise: float):
     """Mismatched inputs: X plus relative Gaussian noise (dead columns stay dead)."""
     scale = np.sqrt(np.mean(X**2, axis=0))
     return X + noise * scale * rng.standard_normal(X.shape)
+
+
+def augmented(X, lam, order):
+    """``Xa = [X; sqrt(lam) I]`` in processing order, written out directly (the tests' own
+    construction): a dead feature with lam = 0 keeps a unit row, ptq's ``H_tt = 1``."""
+    Xp = X[:, order]
+    extra = np.diag(np.where(np.sum(Xp**2, 0) + lam == 0, 1.0, np.sqrt(lam)))
+    return np.vstack([Xp, extra])
