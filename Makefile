@@ -1,4 +1,5 @@
-# Quick start: `make reproduce` (every figure) and `make test` (the test suite).
+# Quick start: `make reproduce` (every figure) and `make install && python3 -m pytest` (the test
+# suite, what .ci/run runs; `make test` is the same).
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
