@@ -106,6 +106,17 @@ def real_row(size: str, folder: str, out_dir: str | None) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def write_summary(table: pd.DataFrame, path: str) -> None:
+    """Write the summary table, keeping the rows of figures not run this time (``--only``
+    replaces its own rows and leaves the others' as they were), in the usual figure order."""
+    if os.path.exists(path):
+        old = pd.read_csv(path)
+        table = pd.concat([old[~old["figure"].isin(table["figure"])], table], ignore_index=True)
+    rank = {name: i for i, name in enumerate((*FIGURES, REAL))}
+    table = table.sort_values("figure", key=lambda s: s.map(rank).fillna(len(rank)), kind="stable")
+    table.to_csv(path, index=False, float_format="%.4g")
+
+
 def build_figure(name: str, folder: str, out_dir: str) -> None:
     from experiments.figures import common
 
@@ -149,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     os.makedirs(args.out, exist_ok=True)
     if not args.no_figures:
-        table.drop(columns=["ran_now", "seconds"]).to_csv(
-            os.path.join(args.out, "summary.csv"), index=False, float_format="%.4g")
+        write_summary(table.drop(columns=["ran_now", "seconds"]),
+                      os.path.join(args.out, "summary.csv"))
     total = time.perf_counter() - t0
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"total {total:.0f}s; deterministic bound violations: {int(table.violations.sum())}")

@@ -54,3 +54,15 @@ def test_summary_reports_no_violation(smoke_runs, name):
     root, _ = smoke_runs
     s = summarize(str(root / name))
     assert s["runs"] > 0 and s["errors"] == 0 and s["violations"] == 0
+
+
+def test_only_keeps_the_other_figures_summary_rows(tmp_path):
+    from experiments import reproduce
+
+    out = str(tmp_path / "figures")
+    for name in ("order", "lam_guidance"):
+        assert reproduce.main(["--size", "smoke", "--only", name, "--runs",
+                               str(tmp_path / "runs"), "--out", out]) == 0
+    table = pd.read_csv(os.path.join(out, "summary.csv"))
+    assert list(table["figure"]) == ["order", "lam_guidance"]  # FIGURES order, both kept
+    assert (table["runs"] > 0).all() and (table["violations"] == 0).all()
