@@ -78,9 +78,9 @@ def factorise(
 ) -> Factors:
     """Factor ``H = X^T X + lam I`` in processing order as ``H = R R^T`` (R upper).
 
-    One Gram product (O(m N^2)) and one Cholesky factorisation (O(N^3 / 3)); ``order`` and
-    ``lam``/``percdamp`` are resolved by `ptq.options` from the column norms of ``X``, as
-    `ptq.optq` does (for Qronos pass ``X_hat``, the matrix that is factorised).
+    One Gram product (:func:`gram`, O(m N^2)) and one Cholesky factorisation (O(N^3 / 3));
+    ``order`` and ``lam``/``percdamp`` are resolved by `ptq.options` from the column norms of
+    ``X``, as `ptq.optq` does (for Qronos pass ``X_hat``, the matrix that is factorised).
 
     Args:
       X: (m, N) the factorised matrix. name: its name in error messages.
@@ -94,21 +94,21 @@ def factorise(
     X = as_matrix(name, X)
     m, N = X.shape
     perm, lam, sq = resolve(X, lam, percdamp, order, order_seed)
-    Xp = X[:, perm]
-    # Upper triangle of X^T X only (BLAS syrk, half the flops of a general product); the
-    # reversed matrix J H J then has it as its lower triangle, the one potrf(lower) reads.
-    H = scipy.linalg.blas.dsyrk(1.0, Xp, trans=1, lower=0)
+    H = gram(X)[np.ix_(perm, perm)]
     d = np.diagonal(H) + lam
     H[np.diag_indices(N)] = np.where(d == 0, 1.0, d)  # dead feature with lam = 0 (ptq convention)
-    try:
-        L = scipy.linalg.cholesky(H[::-1, ::-1], lower=True, check_finite=False)
-    except np.linalg.LinAlgError as err:
+    # J H J = U^T U (LAPACK potrf, upper, on a column-major copy: the variant OpenBLAS runs
+    # fastest, about 2x the row-major lower one at N = 4096), so R = J U^T J.
+    U, info = scipy.linalg.lapack.dpotrf(
+        np.asfortranarray(H[::-1, ::-1]), lower=0, clean=1, overwrite_a=1
+    )
+    if info != 0:
         hint = f" With N = {N} > m = {m}, {name}^T {name} is singular." if N > m else ""
         raise ValueError(
             f"H = {name}^T {name} + lam*I is not positive definite (lam = {lam:g}).{hint} "
             "Pass a larger `lam` (absolute) or `percdamp` (relative)."
-        ) from err
-    R = np.ascontiguousarray(L[::-1, ::-1])
+        )
+    R = np.ascontiguousarray(U.T[::-1, ::-1])
     r = np.diagonal(R).copy()
     if not np.all(np.isfinite(r) & (r > 0)):
         raise ValueError(
@@ -117,6 +117,28 @@ def factorise(
         )
     sqp = sq[perm]
     return Factors(perm, lam, R, r, sqp, sqp > 0)
+
+
+def gram(X: np.ndarray, depth: int = 3) -> np.ndarray:
+    """``X^T X`` (N, N) in float64, exactly symmetric, with about 9/16 of a general product's flops.
+
+    With column halves ``X = [X1 X2]``, ``X^T X = [[X1^T X1, X1^T X2], [(X1^T X2)^T, X2^T X2]]``:
+    the off-diagonal block is one matrix product (BLAS gemm, the fastest routine the library
+    has), the diagonal blocks recurse while ``N >= 1024`` (at most ``depth`` levels). Measured
+    at m = 8192, N = 4096 on 2 cores: faster than BLAS syrk, which has half the flops of a
+    general product but runs at a fraction of gemm's rate (see the benchmark's theory table).
+    """
+    N = X.shape[1]
+    if depth == 0 or N < 1024:
+        return X.T @ X
+    h = N // 2
+    X1, X2 = X[:, :h], X[:, h:]
+    H = np.empty((N, N))
+    H[:h, :h] = gram(X1, depth - 1)
+    H[h:, h:] = gram(X2, depth - 1)
+    H[:h, h:] = X1.T @ X2
+    H[h:, :h] = H[:h, h:].T
+    return H
 
 
 def get_factors(X, factors, lam, percdamp, order, order_seed, name="X") -> Factors:
@@ -147,9 +169,14 @@ def check_precomputed(order_got, lam_got, order_want, lam_want, what: str) -> No
         )
 
 
-def rows_of_M(Xp: np.ndarray, f: Factors) -> np.ndarray:
-    """``M_X = X R^{-T} diag(r)`` (m, N): the first m rows of M (I4), one triangular solve."""
-    Z = scipy.linalg.solve_triangular(f.R, Xp.T, lower=False, check_finite=False)  # R^{-1} X^T
+def rows_of_M(X: np.ndarray, f: Factors) -> np.ndarray:
+    """``M_X = X_p R^{-T} diag(r)`` (m, N): the first m rows of M (I4), one triangular solve.
+
+    ``X`` is in the original feature order; ``X_p = X[:, order]``. The right-hand side
+    ``X_p^T = X^T[order]`` is gathered as rows, a contiguous copy that LAPACK's solve takes as
+    is (measured 1.7x faster at m = 8192, N = 4096 than solving with the transposed view).
+    """
+    Z = scipy.linalg.solve_triangular(f.R, X.T[f.order], lower=False, check_finite=False)
     return (Z * f.r[:, None]).T
 
 
@@ -159,10 +186,13 @@ def update_coefficients(f: Factors) -> np.ndarray:
     Row s, j > s, is ``-(Xa_{>s}^+ Xa_s)_j``: OPTQ's update of ``w_j`` per unit of ``e_s``.
     One triangular inverse (LAPACK trtri, N^3/3 flops): B3 and S3 need entries of U itself.
     """
-    Rinv, info = scipy.linalg.lapack.dtrtri(f.R, lower=0)
+    # trtri of the lower factor R^T, seen column-major (no copy): (R^T)^{-1} = (R^{-1})^T.
+    RinvT, info = scipy.linalg.lapack.dtrtri(f.R.T, lower=1)
     if info != 0:
         raise ValueError(f"the triangular factor is singular (trtri info = {info})")
-    return Rinv * f.r[:, None]
+    V = RinvT.T  # zero below the diagonal, as R is
+    V *= f.r[:, None]
+    return V
 
 
 def residual_norms(
@@ -199,11 +229,14 @@ def residual_norms(
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
     Mout = None
     if M != "none":
-        Xp = X[:, f.order]
         if M == "augmented":
             # Xa = [X; sqrt(lam) I] (a dead feature with lam = 0 keeps its unit row: ptq's
             # convention H_tt = 1 is the Gram matrix of Xa with that row appended).
-            extra = np.diag(np.where((f.col_sq_norms + f.lam) == 0, 1.0, np.sqrt(f.lam)))
-            Xp = np.vstack([Xp, extra])
-        Mout = rows_of_M(Xp, f)
+            # Row m + t is the t-th processed feature's row, in X's original column order.
+            N = X.shape[1]
+            extra = np.zeros((N, N))
+            extra[np.arange(N), f.order] = np.where(
+                (f.col_sq_norms + f.lam) == 0, 1.0, np.sqrt(f.lam))
+            X = np.vstack([X, extra])
+        Mout = rows_of_M(X, f)
     return ResidualNorms(f.r.copy(), Mout, f.order, f.lam)

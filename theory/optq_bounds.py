@@ -220,8 +220,8 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
     _, N, n = options.check_layer_shapes(X, W)
     s = options.check_step(step, n)
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
-    V = update_coefficients(f)
-    off = np.triu(V, 1)  # s < j
+    off = update_coefficients(f)
+    np.fill_diagonal(off, 0.0)  # V is upper triangular: what is left are the entries s < j
     if kind == "l1":
         growth = np.abs(off).sum(axis=0)  # c_j = sum_{s<j} |V_sj|
     else:

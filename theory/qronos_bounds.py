@@ -36,32 +36,44 @@ class LeastSquares(NamedTuple):
     z1: np.ndarray  # (n,): the paper variant's first rounded value
     E_ls: np.ndarray  # (n,): min_v ||ya - Xha v|| (the floor of Q1/Q2)
     residual: np.ndarray  # (m, n): X w - X_hat wt, the first m rows of ya - Xha wt
-    Xp: np.ndarray  # (m, N): X in processing order
-    Xhp: np.ndarray  # (m, N): X_hat in processing order
+    X: np.ndarray  # (m, N): X, original feature order (validated float64)
+    X_hat: np.ndarray  # (m, N): X_hat, original feature order
     Wp: np.ndarray  # (N, n): w in processing order
 
 
 def least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors) -> LeastSquares:
-    """Factor ``Hh`` and compute ``wt``, ``z_1``, ``E_LS`` (O(N^3 + m N^2 + N^2 n))."""
+    """Factor ``Hh`` and compute ``wt``, ``z_1``, ``E_LS`` (O(N^3 + m N^2 + N^2 n)).
+
+    The (m, N) matrices are never copied into processing order: ``X w``, ``X_hat^T y`` and
+    ``X_hat v`` are computed in the original order and only the (N, n) results are permuted.
+    """
     X = as_matrix("X", X)
     X_hat = as_matrix("X_hat", X_hat)
     W = as_matrix("W", W)
     options.check_layer_shapes(X, W, X_hat)
     f = get_factors(X_hat, factors, lam, percdamp, order, order_seed, name="X_hat")
-    Xp, Xhp, Wp = X[:, f.order], X_hat[:, f.order], W[f.order]
-    Y = Xp @ Wp  # the target X w
-    GW = Xhp.T @ Y + f.lam * Wp  # G w without forming G
+    perm = f.order
+    Wp = W[perm]
+    Y = X @ W  # the target X w (independent of the order)
+    GW = (X_hat.T @ Y)[perm] + f.lam * Wp  # G w without forming G
     Y1 = scipy.linalg.solve_triangular(f.R, GW, lower=False, check_finite=False)
     W_ls = scipy.linalg.solve_triangular(f.R, Y1, lower=False, trans=1, check_finite=False)
     # Hh row 0, with ptq's convention for a zero diagonal (dead first feature, lam = 0)
-    Hh0 = Xhp[:, 0] @ Xhp
+    Hh0 = (X_hat[:, perm[0]] @ X_hat)[perm]
     Hh0[0] += f.lam
     if Hh0[0] == 0:
         Hh0[0] = 1.0
     z1 = Wp[0] + (GW[0] - Hh0 @ Wp) / Hh0[0]
-    res = Y - Xhp @ W_ls
+    res = Y - X_hat @ in_original_order(W_ls, perm)
     E_ls = np.sqrt(np.sum(res**2, axis=0) + f.lam * np.sum((Wp - W_ls) ** 2, axis=0))
-    return LeastSquares(f, W_ls, z1, E_ls, res, Xp, Xhp, Wp)
+    return LeastSquares(f, W_ls, z1, E_ls, res, X, X_hat, Wp)
+
+
+def in_original_order(Vp: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Rows of ``Vp`` (processing order) put back in the original feature order."""
+    V = np.empty_like(Vp)
+    V[perm] = Vp
+    return V
 
 
 def qronos_l2_bound(
@@ -135,7 +147,8 @@ def optq_mismatch_l2_bound(
     D = ls.W_ls - Wz
     # ||Xha (wt - w')||; a dead feature with lam = 0 has (wt - w')_t = 0, so ptq's unit
     # diagonal convention adds nothing.
-    corr = np.sqrt(np.sum((ls.Xhp @ D) ** 2, axis=0) + f.lam * np.sum(D**2, axis=0))
+    XhD = ls.X_hat @ in_original_order(D, f.order)
+    corr = np.sqrt(np.sum(XhD**2, axis=0) + f.lam * np.sum(D**2, axis=0))
     quant = 0.5 * s * np.sqrt(np.sum(f.r[f.live] ** 2))
     return np.sqrt(ls.E_ls**2 + (corr + quant) ** 2)
 
@@ -169,10 +182,10 @@ def qronos_linf_bound(
     options.check_variant(variant)
     p = check_p(p)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
-    m = ls.Xp.shape[0]
+    m = ls.X.shape[0]
     n = ls.Wp.shape[1]
     s = options.check_step(step, n)
-    MX = rows_of_M(ls.Xhp, ls.factors)
+    MX = rows_of_M(ls.X_hat, ls.factors)
     centre = ls.residual
     if variant == "paper":
         centre = centre + MX[:, :1] * (ls.W_ls[0] - ls.z1)[None, :]

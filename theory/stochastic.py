@@ -88,7 +88,7 @@ def stochastic_linf_bound(
     p = check_p(p)
     s, scalar = _step(step, None)
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
-    MX = rows_of_M(X[:, f.order], f)
+    MX = rows_of_M(X, f)
     row = float(np.sqrt(np.max(np.einsum("ij,ij->i", MX, MX))))
     return _shape_out(s * hoeffding_factor(X.shape[0], p) * row, scalar)
 
