@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import time
 
 import jax
@@ -270,8 +271,17 @@ def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
     return rows
 
 
+THEORY_REPEATS = 3  # timed calls per theory function (NumPy: no compilation, no warm-up)
+
+
 def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[dict]:
-    """Time the `theory` bounds (float64 NumPy) at size N next to the quantization itself."""
+    """Time the `theory` bounds (float64 NumPy) at size N next to the quantization itself.
+
+    Medians of `THEORY_REPEATS` calls. Besides each function alone, the rows "run: ..." time
+    what `experiments.bounds.evaluate` computes for one run of each algorithm (one
+    factorisation shared by every bound of the run), and "float64 matmul" gives NumPy's
+    float64 matrix-product rate (GFLOP/s in the note), the rate the bounds are limited by.
+    """
     import theory
 
     X, X_hat, W = make_data(N, opt.seed)
@@ -282,15 +292,22 @@ def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[d
     rows = []
 
     def timed(name, fn, compare, note=""):
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        rows.append({"N": N, "function": name, "seconds": dt, "vs_quantization": dt / compare,
-                     "note": note})
-        return out
+        runs = []
+        for _ in range(THEORY_REPEATS):
+            t0 = time.perf_counter()
+            out = fn()
+            runs.append(time.perf_counter() - t0)
+        dt = statistics.median(runs)
+        rows.append({"N": N, "function": name, "seconds": dt,
+                     "vs_quantization": dt / compare if compare else float("nan"), "note": note})
+        return out, dt
 
-    f = timed("factorise(X)", lambda: theory.factorise(X), optq_s, "shared float64 factor of H")
-    fh = timed("factorise(X_hat)", lambda: theory.factorise(X_hat, name="X_hat"), qronos_s)
+    A = np.random.default_rng(opt.seed).standard_normal((N, N))
+    _, dt = timed("float64 matmul (N, N) x (N, N)", lambda: A @ A, None)
+    rows[-1]["note"] = f"{2 * N**3 / dt / 1e9:.0f} GFLOP/s"
+    f, _ = timed("factorise(X)", lambda: theory.factorise(X), optq_s,
+                 "shared float64 factor of H")
+    fh, _ = timed("factorise(X_hat)", lambda: theory.factorise(X_hat, name="X_hat"), qronos_s)
     timed("optq_l2_bound(r=Result.r)", lambda: theory.optq_l2_bound(X, step, r=r), optq_s,
           "reuses ptq's factor: O(m N)")
     timed("optq_l2_bound", lambda: theory.optq_l2_bound(X, step), optq_s, "own factorisation")
@@ -301,12 +318,30 @@ def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[d
           optq_s)
     timed("stochastic_linf_bound(factors)",
           lambda: theory.stochastic_linf_bound(X, step, factors=f), optq_s)
+    timed("stochastic_weight_bound(factors)",
+          lambda: theory.stochastic_weight_bound(X, W, step, factors=f), optq_s)
     timed("qronos_l2_bound(factors)",
           lambda: theory.qronos_l2_bound(X, X_hat, W, step, factors=fh), qronos_s)
     timed("optq_mismatch_l2_bound(factors)",
           lambda: theory.optq_mismatch_l2_bound(X, X_hat, W, step, factors=fh), qronos_s)
     timed("qronos_linf_bound(factors)",
           lambda: theory.qronos_linf_bound(X, X_hat, W, step, factors=fh), qronos_s)
+
+    def optq_run():  # B1, B2, B3 (B2 is free here: N <= m)
+        g = theory.factorise(X)
+        return (theory.optq_l2_bound(X, step, factors=g), theory.optq_structural_bound(X, step),
+                theory.optq_weight_bound(X, W, step, factors=g))
+
+    def stochastic_run():  # S1, S2, S3
+        g = theory.factorise(X)
+        return (theory.stochastic_l2_bound(X, step, factors=g),
+                theory.stochastic_linf_bound(X, step, factors=g),
+                theory.stochastic_weight_bound(X, W, step, factors=g))
+
+    timed("run: OPTQ (factorise + B1 + B2 + B3)", optq_run, optq_s, "what a sweep run computes")
+    timed("run: stochastic OPTQ (factorise + S1 + S2 + S3)", stochastic_run, optq_s)
+    timed("run: Qronos (factorise(X_hat) + Q1)", lambda: theory.qronos_l2_bound(X, X_hat, W, step),
+          qronos_s)
     return rows
 
 

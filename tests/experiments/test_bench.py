@@ -70,7 +70,8 @@ def test_markdown_and_sweep(cli_run):
     assert sorted(sweep["block_size"]) == [32, 128]
     assert (sweep["kernel_s"] > 0).all()
     theory = pd.read_csv(cli_run / "b_theory.csv")
-    assert {"optq_l2_bound", "qronos_l2_bound(factors)"} <= set(theory["function"])
+    assert {"optq_l2_bound", "qronos_l2_bound(factors)", "run: OPTQ (factorise + B1 + B2 + B3)",
+            "run: Qronos (factorise(X_hat) + Q1)"} <= set(theory["function"])
     assert (theory["seconds"] >= 0).all()
 
 
