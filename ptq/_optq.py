@@ -72,16 +72,18 @@ def optq(
     sq = layer.column_sq_norms(X)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     layer.check_rank(sq, lam=lam, m=m, name="X")
-    W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
-    p = jnp.asarray(perm)
+    if not np.all(np.asarray(sq) > 0):
+        W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
+    p = layer.gather_index(perm)
     R = _ordered_factor(layer.gram_sym(X), lam, p)
-    return run_ordered(R, W[p], grid, perm, lam, m, "X", rounding, key, block_size)
+    return run_ordered(R, layer.take_rows(W, p), grid, perm, lam, m, "X", rounding, key,
+                       block_size)
 
 
 @jax.jit
 def _ordered_factor(XtX, lam, p):
-    """``R`` with ``R R^T = H = X^T X + lam I`` in processing order ``p``."""
-    return factor(layer.regularise(XtX[p][:, p], lam))
+    """``R`` with ``R R^T = H = X^T X + lam I`` in processing order ``p`` (None: natural)."""
+    return factor(layer.regularise(layer.take_sym(XtX, p), lam))
 
 
 def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size, z_first=None):
@@ -105,8 +107,9 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
     )
     H_diag = jnp.sum(R * R, axis=1)  # H = R R^T
     layer.check_factor(out.r, lam=lam, m=m, N=N, name=name, H_diag=H_diag)
-    inv = jnp.asarray(np.argsort(perm))
-    k = out.k[inv]
+    inv = layer.gather_index(np.argsort(perm))
+    k = layer.take_rows(out.k, inv)
     Q = grid.step * k
     codes = (k + grid.zero).astype(jnp.int32)
-    return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start[inv])
+    W_start = layer.take_rows(W_start, inv)
+    return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start)

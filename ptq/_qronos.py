@@ -73,7 +73,7 @@ def qronos(
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     layer.check_rank(sq, lam=lam, m=m, name="X_hat")
     R, W_ls, z1 = _least_squares(
-        layer.gram_sym(X_hat), layer.gram(X_hat, X), W, lam, jnp.asarray(perm)
+        layer.gram_sym(X_hat), layer.gram(X_hat, X), W, lam, layer.gather_index(perm)
     )
     return run_ordered(
         R, W_ls, grid, perm, lam, m, "X_hat", rounding, key, block_size,
@@ -83,11 +83,12 @@ def qronos(
 
 @jax.jit
 def _least_squares(XhXh, XhX, W, lam, p):
-    """In processing order ``p``: the factor ``R`` of ``Hh``, ``wt = Hh^{-1} G w`` and ``z_1``."""
+    """In processing order ``p`` (None: natural): the factor ``R`` of ``Hh``,
+    ``wt = Hh^{-1} G w`` and ``z_1``."""
     N = XhXh.shape[0]
-    Hh = layer.regularise(XhXh[p][:, p], lam)
-    G = XhX[p][:, p] + lam * jnp.eye(N, dtype=Hh.dtype)
-    W = W[p]
+    Hh = layer.regularise(layer.take_sym(XhXh, p), lam)
+    G = layer.take_sym(XhX, p) + lam * jnp.eye(N, dtype=Hh.dtype)
+    W = layer.take_rows(W, p)
     GW = jnp.dot(G, W, precision=HIGHEST)
     # Hh^{-1} = R^{-T} R^{-1}: two triangular solves with the factor the kernel uses.
     R = factor(Hh)

@@ -101,7 +101,7 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     XtX = layer.gram_sym(Xd)
     lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
     perm = np.arange(N)
-    p = jnp.asarray(perm)
+    p = layer.gather_index(perm)  # None: the natural order, as ptq.optq passes it
     row["gram_s"] = _timer(opt)(lambda: layer.gram_sym(Xd)).median
 
     def from_h():
