@@ -78,7 +78,7 @@ def factorise(
 ) -> Factors:
     """Factor ``H = X^T X + lam I`` in processing order as ``H = R R^T`` (R upper).
 
-    One Gram product (:func:`gram`, O(m N^2)) and one Cholesky factorisation (O(N^3 / 3));
+    One Gram product (O(m N^2)) and one Cholesky factorisation (O(N^3 / 3));
     ``order`` and ``lam``/``percdamp`` are resolved by `ptq.options` from the column norms of
     ``X``, as `ptq.optq` does (for Qronos pass ``X_hat``, the matrix that is factorised).
 
@@ -94,9 +94,10 @@ def factorise(
     X = as_matrix(name, X)
     m, N = X.shape
     perm, lam, sq = resolve(X, lam, percdamp, order, order_seed)
-    # K = J H J (H in processing order, index-reversed by J) in one gather of X^T X.
+    # K = J H J (H in processing order, index-reversed by J) in one gather of X^T X. NumPy
+    # computes X.T @ X with BLAS syrk and mirrors the triangle, so it is exactly symmetric.
     rev = perm[::-1]
-    K = gram(X)[np.ix_(rev, rev)]
+    K = (X.T @ X)[np.ix_(rev, rev)]
     d = np.diagonal(K) + lam
     K[np.diag_indices(N)] = np.where(d == 0, 1.0, d)  # dead feature with lam = 0 (ptq convention)
     # K = U^T U by LAPACK potrf (upper) on K read column-major (K.T, the same symmetric matrix,
@@ -117,28 +118,6 @@ def factorise(
         )
     sqp = sq[perm]
     return Factors(perm, lam, R, r, sqp, sqp > 0)
-
-
-def gram(X: np.ndarray, depth: int = 3) -> np.ndarray:
-    """``X^T X`` (N, N) in float64, exactly symmetric, with about 9/16 of a general product's flops.
-
-    With column halves ``X = [X1 X2]``, ``X^T X = [[X1^T X1, X1^T X2], [(X1^T X2)^T, X2^T X2]]``:
-    the off-diagonal block is one matrix product (BLAS gemm, the fastest routine the library
-    has), the diagonal blocks recurse while ``N >= 1024`` (at most ``depth`` levels). Measured
-    at m = 8192, N = 4096 on 2 cores: faster than BLAS syrk, which has half the flops of a
-    general product but runs at a fraction of gemm's rate (see the benchmark's theory table).
-    """
-    N = X.shape[1]
-    if depth == 0 or N < 1024:
-        return X.T @ X
-    h = N // 2
-    X1, X2 = X[:, :h], X[:, h:]
-    H = np.empty((N, N))
-    H[:h, :h] = gram(X1, depth - 1)
-    H[h:, h:] = gram(X2, depth - 1)
-    H[:h, h:] = X1.T @ X2
-    H[h:, :h] = H[:h, h:].T
-    return H
 
 
 def get_factors(X, factors, lam, percdamp, order, order_seed, name="X") -> Factors:
