@@ -61,10 +61,10 @@ def layers_table(recs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _block_lines(ax, n_layers: int) -> None:
-    for x in range(6, n_layers, 6):
+def _block_lines(ax, n_layers: int, per_block: int) -> None:
+    for x in range(per_block, n_layers, per_block):
         ax.axvline(x - 0.5, color="0.85", lw=0.6, zorder=0)
-    ax.set_xlabel("linear layer (forward order; blocks of 6)")
+    ax.set_xlabel(f"linear layer (forward order; blocks of {per_block})")
 
 
 def build_cosine(runs: pd.DataFrame, out_dir: str) -> pd.DataFrame:
@@ -84,7 +84,9 @@ def build_cosine(runs: pd.DataFrame, out_dir: str) -> pd.DataFrame:
     return t
 
 
-def build_gain(layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
+def build_gain(layers: pd.DataFrame, out_dir: str, figure: str = "real_gain",
+               per_block: int = 6) -> pd.DataFrame:
+    """The Qronos gain against depth (any whole-model study's practical pass)."""
     p = layers[layers["pass"] == "practical"]
     wide = p.pivot_table(index=["bits", "index", "name"], columns="config", values="rel_err")
     wide = wide.reset_index()
@@ -108,13 +110,15 @@ def build_gain(layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
         ax.set_yscale("log")
         ax.set_title(f"{style.LABELS[q]} vs OPTQ")
         ax.set_ylabel("rel. error OPTQ / Qronos")
-        _block_lines(ax, int(t["index"].max()) + 1)
+        _block_lines(ax, int(t["index"].max()) + 1, per_block)
     axes[0].legend(loc="best", ncol=2)
-    style.save(fig, "real_gain", t, out_dir)
+    style.save(fig, figure, t, out_dir)
     return t
 
 
-def build_bounds(layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
+def build_bounds(layers: pd.DataFrame, out_dir: str, figure: str = "real_bounds",
+                 per_block: int = 6) -> pd.DataFrame:
+    """Per-layer error against bound (any whole-model study's bounds pass)."""
     b = layers[(layers["pass"] == "bounds") & layers["bound"].notna()].copy()
     bits = BOUND_BITS if BOUND_BITS in set(b.bits) else int(np.median(sorted(set(b.bits))))
     fig, axes = style.figure(ncols=3, width=3.2)
@@ -141,7 +145,7 @@ def build_bounds(layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
         ax.set_yscale("log")
         ax.set_title(f"{title}, {bits} bits")
         ax.set_ylabel("Frobenius norm over neurons")
-        _block_lines(ax, int(b["index"].max()) + 1)
+        _block_lines(ax, int(b["index"].max()) + 1, per_block)
         ax.legend(loc="best", fontsize=6.5)
     ax = axes[2]
     d = b[b.bound.isin(DETERMINISTIC) & (b.checked == True)]  # noqa: E712 (object column)
@@ -153,12 +157,12 @@ def build_bounds(layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
     ax.set_title(f"worst neuron over bits {','.join(map(str, sorted(set(b.bits))))}",
                  fontsize=8)
     ax.set_ylabel("max measured / bound")
-    _block_lines(ax, int(b["index"].max()) + 1)
+    _block_lines(ax, int(b["index"].max()) + 1, per_block)
     ax.legend(loc="lower right", ncol=3, fontsize=6.5)
     cols = ["config", "bits", "index", "name", "bound", "kind", "checked", "violations",
             "measured_fro", "bound_fro", "ratio_median", "ratio_max", "e_ls_fro"]
     t = b[cols].sort_values(["config", "bits", "index", "bound"])
-    style.save(fig, "real_bounds", t, out_dir)
+    style.save(fig, figure, t, out_dir)
     return t
 
 

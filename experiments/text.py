@@ -1,0 +1,721 @@
+"""Wikipedia text for the causal LM (SmolLM2-135M), as committed token ids.
+
+Source: the English Wikipedia dump excerpt that the gensim 4.4.0 wheel ships as a test file,
+``gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``
+(pinned by its SHA-256, `SOURCE_SHA256`; gensim is installed with ``--no-deps`` only to carry
+it and is never imported). The MediaWiki XML is read with the standard library (bz2 and
+``xml.etree.ElementTree.iterparse``).
+
+Filters: main-namespace pages (``<ns>0</ns>``) that are not redirects (no ``<redirect>``
+element, text not starting with ``#REDIRECT``): 106 articles. Their wikitext is reduced to
+plain text by `strip_markup` (pure standard library, deterministic; its docstring lists the
+rules), and each article becomes the document ``title + "\\n\\n" + plain text``.
+
+Splits (disjoint by article): articles sorted by page id; those with index % 4 == 3 form the
+held-out split (about a quarter), the others the calibration split. Each document is tokenized
+once with SmolLM2-135M's own byte-level BPE tokenizer (`experiments.models.smollm2.tokenizer`,
+vocabulary 49152) without BOS, and the documents of a split are joined with the eos token
+between them (id 2, ``<|im_end|>``, the GGUF file's ``tokenizer.ggml.eos_token_id``): one 1-D
+token stream per split. ``python -m experiments.text`` writes the
+streams and the article start offsets to ``data/lm/tokens.npz`` and the provenance (source and
+its SHA-256, gensim version, filters, split rule and titles, tokenizer, counts, SHA-256 of the
+id file, date, command) to ``data/lm/PROVENANCE.json``; ``python -m experiments.text --check``
+re-derives the ids and compares them with the committed file.
+
+Runs read the committed ids only (`load_lm_tokens`, `calibration_windows`, `heldout_windows`):
+no gensim, no tokenizer. Calibration takes random non-overlapping windows of the calibration
+stream (as GPTQ draws random calibration segments); evaluation cuts the held-out stream into
+consecutive non-overlapping windows (the standard perplexity protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import datetime
+import functools
+import hashlib
+import html
+import importlib.metadata
+import io
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "lm"
+TOKENS_FILE = DATA_DIR / "tokens.npz"
+PROVENANCE_FILE = DATA_DIR / "PROVENANCE.json"
+
+SOURCE_PACKAGE = "gensim"
+SOURCE_VERSION = "4.4.0"
+INSTALL_COMMAND = f"pip install --no-deps {SOURCE_PACKAGE}=={SOURCE_VERSION}"
+SOURCE_PATH = (
+    "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+)
+# SHA-256 of that file in the gensim 4.4.0 wheel (1,695,871 bytes).
+SOURCE_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
+
+HELDOUT_EVERY = 4  # article index (sorted by page id) % 4 == 3 -> held-out
+EOS_ID = 2  # SmolLM2-135M-Instruct's eos token <|im_end|> (GGUF eos_token_id), between articles
+COMMAND = "python -m experiments.text"
+
+
+class SourceMissingError(RuntimeError):
+    """The gensim package is not installed, or its Wikipedia test file is absent or altered."""
+
+
+class Article(NamedTuple):
+    page_id: int
+    title: str
+    wikitext: str
+
+
+class LMTokens(NamedTuple):
+    calib: np.ndarray  # (T_calib,) int32: the calibration articles joined by eos_id
+    heldout: np.ndarray  # (T_heldout,) int32
+    calib_starts: np.ndarray  # (n_calib_articles,) int64: offset of each article's first token
+    heldout_starts: np.ndarray
+    eos_id: int
+
+
+# --------------------------------------------------------------------------------------------
+# Source file and XML
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def source_file() -> Path:
+    """The dump excerpt inside the installed gensim package, checked against `SOURCE_SHA256`."""
+    try:
+        path = Path(importlib.metadata.distribution(SOURCE_PACKAGE).locate_file(SOURCE_PATH))
+    except importlib.metadata.PackageNotFoundError:
+        raise SourceMissingError(
+            f"the package {SOURCE_PACKAGE!r} is not installed; the Wikipedia text ships in its "
+            f"wheel: install it with `{INSTALL_COMMAND}`"
+        ) from None
+    return verify_source(path)
+
+
+def verify_source(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise SourceMissingError(
+            f"{path} is missing; it ships in the gensim {SOURCE_VERSION} wheel: install it with "
+            f"`{INSTALL_COMMAND}`"
+        )
+    digest = file_sha256(path)
+    if digest != SOURCE_SHA256:
+        raise SourceMissingError(
+            f"{path} has SHA-256 {digest}, expected {SOURCE_SHA256} (gensim {SOURCE_VERSION}); "
+            f"reinstall it with `{INSTALL_COMMAND}`"
+        )
+    return path
+
+
+def is_redirect(wikitext: str) -> bool:
+    return wikitext.lstrip().upper().startswith("#REDIRECT")
+
+
+def read_articles(path: Path | None = None) -> list[Article]:
+    """Main-namespace, non-redirect pages of the dump, sorted by page id."""
+    path = source_file() if path is None else Path(path)
+    out = []
+    with bz2.open(path, "rb") as f:
+        ns = ""
+        for event, el in ET.iterparse(f, events=("start", "end")):
+            if event == "start":
+                if not ns and el.tag.startswith("{"):  # the root <mediawiki xmlns="...">
+                    ns = el.tag[: el.tag.index("}") + 1]
+                continue
+            if el.tag != f"{ns}page":
+                continue
+            text = el.findtext(f"{ns}revision/{ns}text") or ""
+            if (el.findtext(f"{ns}ns") == "0" and el.find(f"{ns}redirect") is None
+                    and not is_redirect(text)):
+                out.append(Article(int(el.findtext(f"{ns}id")), el.findtext(f"{ns}title"), text))
+            el.clear()
+    return sorted(out, key=lambda a: a.page_id)
+
+
+def split_articles(articles: list[Article]) -> tuple[list[Article], list[Article]]:
+    """(calibration, held_out): sorted by page id, index % 4 == 3 held out."""
+    articles = sorted(articles, key=lambda a: a.page_id)
+    calib = [a for i, a in enumerate(articles) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
+    heldout = [a for i, a in enumerate(articles) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
+    return calib, heldout
+
+
+# --------------------------------------------------------------------------------------------
+# Markup stripping
+# --------------------------------------------------------------------------------------------
+
+# Elements dropped with their content (formulas, galleries, code, scores, reference lists).
+_DROP_TAGS = ("math", "chem", "ce", "gallery", "imagemap", "timeline", "score", "hiero",
+              "syntaxhighlight", "source", "graph", "mapframe", "references", "table",
+              "templatedata", "inputbox")
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+_NOWIKI = re.compile(r"<nowiki\s*>(.*?)</nowiki\s*>|<nowiki\s*/>", re.S | re.I)
+_REF_SELF = re.compile(r"<ref\b[^<>]*/\s*>", re.I)
+_REF = re.compile(r"<ref\b[^<>]*>.*?</ref\s*>", re.S | re.I)
+_DROP_ELEMENTS = re.compile(
+    r"<(%s)\b[^<>]*?(?:/\s*>|>.*?</\1\s*>)" % "|".join(_DROP_TAGS), re.S | re.I
+)
+_BR = re.compile(r"<br\b[^<>]*>", re.I)
+_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
+_LINK = re.compile(r"\[\[((?:(?!\[\[|\]\]).)*)\]\]", re.S)  # innermost [[...]]
+_TEMPLATE = re.compile(r"\{\{((?:(?!\{\{|\}\}).)*)\}\}", re.S)  # innermost {{...}}
+_EXT_LINK = re.compile(r"\[(?:(?:https?|ftp|irc|news|mailto):|//)[^\s\]]*(?:[ \t]+([^\]\n]*))?\]")
+_QUOTES = re.compile(r"'''''|'''|''")
+_MAGIC = re.compile(r"__[A-Z]+__")
+_RULE = re.compile(r"-{4,}")
+_GONE = "\x00"  # what removed markup leaves until the line pass (XML text never holds NUL)
+_HEADING = re.compile(r"^(={1,6})\s*(.+?)\s*\1$")
+_LIST_MARKER = re.compile(r"^[*#:;]+\s*")
+_NONPROSE_PREFIXES = ("file", "image", "media", "category")
+_INTERLANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*")
+# Appendix sections: from the first heading with one of these titles to the end is dropped.
+APPENDIX_TITLES = frozenset({
+    "see also", "notes", "footnotes", "references", "citations", "sources", "bibliography",
+    "further reading", "external links", "notes and references", "references and notes",
+    "works cited",
+})
+_SPACES = str.maketrans({"\t": " ", "\xa0": " ", "\u2002": " ", "\u2003": " ", "\u2007": " ",
+                         "\u2009": " ", "\u200a": " ", "\u202f": " ", "\u200b": None,
+                         "\u200e": None, "\u200f": None, "\u00ad": None, "\ufeff": None})
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")
+
+
+def _innermost(pattern: re.Pattern, repl, text: str) -> str:
+    """Apply ``repl`` to innermost matches until none is left (nested constructs)."""
+    while True:
+        new = pattern.sub(repl, text)
+        if new == text:
+            return text
+        text = new
+
+
+def drop_nested(text: str, open_: str, close: str, repl: str = "") -> str:
+    """Remove every outermost ``open_ ... close`` span, nesting counted with a depth counter.
+
+    An unmatched ``close`` is removed; an unmatched ``open_`` is removed up to the end of its
+    line (the rest of the text is kept).
+    """
+    out, depth, pos, start = [], 0, 0, 0
+    token = re.compile(re.escape(open_) + "|" + re.escape(close))
+    for m in token.finditer(text):
+        if m.group() == open_:
+            if depth == 0:
+                out.append(text[pos:m.start()])
+                out.append(repl)
+                start = m.start()
+            depth += 1
+        elif depth:
+            depth -= 1
+            if depth == 0:
+                pos = m.end()
+        else:  # a stray close at depth 0
+            out += [text[pos:m.start()], repl]
+            pos = m.end()
+    if depth:
+        end = text.find("\n", start)
+        pos = len(text) if end < 0 else end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _link(m: re.Match) -> str:
+    """``[[target|label]]`` -> label, ``[[target]]`` -> target; files, categories and
+    interlanguage links -> nothing."""
+    inner = m.group(1)
+    target, pipe, label = inner.partition("|")
+    target = target.strip()
+    prefix, colon, _ = target.partition(":")
+    prefix = prefix.strip()
+    if colon and not target.startswith(":"):
+        if prefix.lower() in _NONPROSE_PREFIXES or _INTERLANGUAGE.fullmatch(prefix):
+            return _GONE
+    target = target.lstrip(":")
+    if not pipe:
+        return target
+    if label.strip():
+        return label
+    # the pipe trick: [[Paris, Texas|]] -> Paris, [[Help:Foo (bar)|]] -> Foo
+    name = target.partition(":")[2] if colon else target
+    return re.sub(r"\s*\(.*\)$", "", name.split(",")[0]).strip()
+
+
+def _args(body: str) -> tuple[str, list[str], dict[str, str]]:
+    """A template's name, positional and named arguments (links are resolved beforehand, so
+    ``|`` only separates arguments)."""
+    parts = body.split("|")
+    name = " ".join(parts[0].replace("_", " ").split()).lower()
+    pos, named = [], {}
+    for p in parts[1:]:
+        k, eq, v = p.partition("=")
+        if eq and k.strip() and "\n" not in k:
+            named[k.strip()] = v.strip()
+        else:
+            pos.append(p.strip())
+    return name, pos, named
+
+
+def _convert(pos: list[str], named: dict) -> str:
+    units = {"C": "°C", "F": "°F", "K": "K", "sqmi": "sq mi", "sqkm": "km2", "sqft": "sq ft",
+             "sqm": "m2", "km2": "km2", "m2": "m2"}
+    if len(pos) >= 4 and pos[1] in ("-", "–", "to", "and", "or", "by", "x", "×", "+/-", "±"):
+        sep = {"-": "–", "–": "–", "x": " × ", "×": " × ", "+/-": " ± ", "±": " ± "}.get(
+            pos[1], f" {pos[1]} ")
+        number, unit = f"{pos[0]}{sep}{pos[2]}", pos[3]
+    elif len(pos) >= 2:
+        number, unit = pos[0], pos[1]
+    else:
+        return pos[0] if pos else ""
+    return f"{number} {units.get(unit, unit)}"
+
+
+def _as_of(pos: list[str], named: dict) -> str:
+    words = "as of" if named.get("lc", "").lower() in ("y", "yes", "on", "true") else "As of"
+    if not pos:
+        return words
+    date = pos[0]
+    if len(pos) >= 2 and pos[1].isdigit() and 1 <= int(pos[1]) <= 12:
+        date = f"{_MONTHS[int(pos[1]) - 1]} {date}"
+        if len(pos) >= 3 and pos[2].isdigit():
+            date = f"{int(pos[2])} {date}"
+    return f"{words} {date}"
+
+
+def _val(pos: list[str], named: dict) -> str:
+    s = pos[0] if pos else ""
+    if named.get("e"):
+        s = f"{s}×10^{named['e']}" if s else f"10^{named['e']}"
+    unit = named.get("u") or named.get("ul")
+    return f"{s} {unit}" if unit else s
+
+
+def _first(pos, named):
+    return pos[0] if pos else ""
+
+
+def _last(pos, named):
+    return pos[-1] if pos else ""
+
+
+def _frac(pos, named):
+    if len(pos) == 3:
+        return f"{pos[0]} {pos[1]}/{pos[2]}"
+    if len(pos) == 2:
+        return f"{pos[0]}/{pos[1]}"
+    return f"1/{pos[0]}" if pos else ""
+
+
+# The inline templates that print prose, rendered to their text; every other template is dropped.
+_TEXT_TEMPLATES = {
+    "convert": _convert, "cvt": _convert,
+    "lang": _last, "rtl-lang": _last, "transl": _last, "resize": _last,
+    "nowrap": _first, "nobr": _first, "small": _first, "smaller": _first, "big": _first,
+    "sc": _first, "smallcaps": _first, "vr": _first, "angbr": _first, "linktext": _first,
+    "nobold": _first, "noitalic": _first, "nastaliq": _first, "sup": _first, "sub": _first,
+    "sic": _first, "nq": _first, "nihongo": _first,
+    "quote": _first, "cquote": _first, "blockquote": _first,
+    "as of": _as_of, "val": _val, "e": lambda p, n: f"×10^{p[0]}" if p else "",
+    "frac": _frac, "sfrac": _frac,
+    "oldstyledate": lambda p, n: ", ".join(p[:2]),
+    "chem": lambda p, n: "".join(p),
+    "'": lambda p, n: "'", "'s": lambda p, n: "'s", "' \"": lambda p, n: "' \"",
+    "\" '": lambda p, n: "\" '", "=": lambda p, n: "=",
+    "nbsp": lambda p, n: " ", "spaces": lambda p, n: " ",
+    "ndash": lambda p, n: "–", "snd": lambda p, n: " – ", "spaced ndash": lambda p, n: " – ",
+    "mdash": lambda p, n: "—", "mdashb": lambda p, n: "—",
+}
+
+
+def _template(m: re.Match) -> str:
+    name, pos, named = _args(m.group(1))
+    render = _TEXT_TEMPLATES.get(name)
+    if render is None and name.startswith("lang-"):
+        render = _first  # {{lang-fr|texte}} -> texte (the "French:" label is dropped)
+    if render is None:
+        return _GONE
+    if name in ("quote", "cquote", "blockquote") and not pos:
+        return named.get("text", named.get("quote", ""))
+    return render(pos, named)
+
+
+def _protect_nowiki(m: re.Match) -> str:
+    """The literal text of ``<nowiki>``, with markup characters as numeric entities (undone by
+    the final `html.unescape`)."""
+    s = m.group(1) or ""
+    return re.sub(r"[\[\]{}|'<>=*#:;&_~]", lambda c: f"&#{ord(c.group())};", s)
+
+
+def _inline(line: str) -> str:
+    """One line's text: quotes removed, entities decoded, spaces normalised, and what removed
+    constructs leave behind (``( ; ``, ``()``, a space before punctuation) tidied."""
+    line = _QUOTES.sub("", line.replace(_GONE, ""))
+    line = " ".join(html.unescape(line).translate(_SPACES).split())
+    line = re.sub(r"\(\s*(?:[,;]\s*)+", "(", line)
+    line = re.sub(r"(?:\s*[,;])+\s*\)", ")", line)
+    line = re.sub(r"\(\s*\)", "", line)
+    line = re.sub(r"\s+([,.;:!?)\]])", r"\1", line)
+    line = re.sub(r"([(\[])\s+", r"\1", line)
+    return " ".join(line.split())
+
+
+def strip_markup(wikitext: str) -> str:
+    """The plain text of one article's wikitext (WikiText-style), deterministic.
+
+    In order:
+
+    1. HTML comments are removed; the text of ``<nowiki>`` is kept literally.
+    2. ``<ref .../>`` and ``<ref ...>...</ref>`` are removed, and so are these elements with
+       their content: ``<math>``, ``<chem>``, ``<gallery>``, ``<timeline>``, ``<source>``,
+       ``<syntaxhighlight>``, ``<references>``, ``<table>`` and the like (`_DROP_TAGS`).
+    3. Links, innermost first (file captions hold links): ``[[File:...]]``, ``[[Image:...]]``,
+       ``[[Media:...]]``, ``[[Category:...]]`` and interlanguage links (``[[de:...]]``) are
+       removed; ``[[target|label]]`` becomes ``label``, ``[[target]]`` ``target`` (a leading
+       colon dropped; ``[[a (b)|]]`` the pipe trick's ``a``).
+    4. Templates ``{{...}}``, innermost first: the few inline ones that print prose are
+       rendered to their text (`_TEXT_TEMPLATES`: ``convert`` -> "10 km", ``lang``,
+       ``lang-xx``, ``transl``, ``nowrap``, ``as of``, ``val``, ``frac``, ``'``, ``nbsp``,
+       ``ndash`` ...), every other one (infoboxes, citations, hatnotes, navigation,
+       pronunciations ...) is removed.
+    5. Tables ``{| ... |}`` are removed (nested ones counted with a depth counter).
+    6. External links: ``[http://x label]`` becomes ``label``, ``[http://x]`` is removed.
+    7. ``<br>`` becomes a line break; every other HTML tag is removed and its inner text kept
+       (``H<sub>2</sub>O`` -> ``H2O``).
+    8. Magic words (``__NOTOC__``) are removed.
+    9. Lines: a heading ``== Title ==`` becomes the line ``Title``, as a paragraph of its own;
+       the first heading titled as an appendix (`APPENDIX_TITLES`: "See also", "Notes",
+       "References", "Further reading", "External links", "Bibliography", ...) and everything
+       after it are dropped, and so is a heading whose section ends up empty. List markers
+       (``*``, ``#``, ``:``, ``;``) at the start of a line, bold and italic quotes (``''``,
+       ``'''``) and horizontal rules are removed. HTML entities are decoded (``&nbsp;`` and
+       the other Unicode spaces become plain spaces, zero-width characters are removed).
+    10. Whitespace: runs of spaces collapse to one, lines are stripped, the space before
+        ``, . ; : ! ? )`` is removed and so are parentheses left empty (or opened by a lone
+        ``,``/``;``) by removed templates; lines with no letter or digit are dropped.
+        Paragraphs are separated by exactly one blank line; no leading or trailing space.
+    """
+    s = _COMMENT.sub(_GONE, wikitext)
+    s = _NOWIKI.sub(_protect_nowiki, s)
+    s = _REF_SELF.sub(_GONE, s)
+    s = _REF.sub(_GONE, s)
+    s = _DROP_ELEMENTS.sub(_GONE, s)
+    s = _innermost(_LINK, _link, s)
+    s = _innermost(_TEMPLATE, _template, s)
+    s = drop_nested(s, "{|", "|}", _GONE)
+    s = _EXT_LINK.sub(lambda m: m.group(1) or _GONE, s)
+    s = _BR.sub("\n", s)
+    s = _TAG.sub(_GONE, s)
+    s = _MAGIC.sub(_GONE, s)
+
+    # blocks: ("h", level, text) for headings, ("p", 0, text) for text lines, ("", 0, "") for
+    # blank lines (paragraph breaks); a line that only held removed markup is no break
+    blocks: list[tuple[str, int, str]] = []
+    for raw in s.split("\n"):
+        if not raw.strip():
+            blocks.append(("", 0, ""))
+            continue
+        line = raw.replace(_GONE, "").strip()
+        m = _HEADING.match(line)
+        if m:
+            title = _inline(m.group(2))
+            if title.lower().rstrip(":") in APPENDIX_TITLES:
+                break
+            if title:
+                blocks.append(("h", len(m.group(1)), title))
+            continue
+        if _RULE.fullmatch(line):
+            continue
+        line = _inline(_LIST_MARKER.sub("", line))
+        if any(c.isalnum() for c in line):
+            blocks.append(("p", 0, line))
+
+    # drop headings whose section is empty: the next heading (of the same or a higher level)
+    # comes before any text
+    kept: list[tuple[str, int, str]] = []
+    nxt: tuple[str, int, str] | None = None  # the next non-blank block kept
+    for block in reversed(blocks):
+        if block[0] == "h" and (nxt is None or (nxt[0] == "h" and nxt[1] <= block[1])):
+            continue
+        kept.append(block)
+        if block[0]:
+            nxt = block
+    kept.reverse()
+
+    paragraphs: list[list[str]] = [[]]
+    for kind, _, text in kept:
+        if kind == "h":
+            paragraphs += [[text], []]
+        elif kind == "p":
+            paragraphs[-1].append(text)
+        else:
+            paragraphs.append([])
+    return "\n\n".join("\n".join(p) for p in paragraphs if p)
+
+
+def document(article: Article) -> str:
+    """What is tokenized for one article: the title, a blank line, the plain text."""
+    return f"{article.title}\n\n{strip_markup(article.wikitext)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenization (regeneration only) and the committed file
+# --------------------------------------------------------------------------------------------
+
+
+class Derived(NamedTuple):
+    calib_titles: list[str]
+    heldout_titles: list[str]
+    calib: np.ndarray  # uint16 stream
+    heldout: np.ndarray
+    calib_starts: np.ndarray  # int64
+    heldout_starts: np.ndarray
+
+
+def join_articles(ids: list[list[int]], eos_id: int = EOS_ID) -> tuple[np.ndarray, np.ndarray]:
+    """One stream (uint16) with ``eos_id`` between articles, and each article's start offset."""
+    stream, starts, pos = [], [], 0
+    for i, a in enumerate(ids):
+        if i:
+            stream.append(eos_id)
+            pos += 1
+        starts.append(pos)
+        stream.extend(a)
+        pos += len(a)
+    return np.asarray(stream, dtype=np.uint16), np.asarray(starts, dtype=np.int64)
+
+
+def derive(articles: list[Article] | None = None, tokenizer=None) -> Derived:
+    """Strip and tokenize the articles (the dump's by default) into the two split streams."""
+    if tokenizer is None:
+        from experiments.models import smollm2
+
+        if smollm2.EXPECTED.eos_id != EOS_ID:
+            raise ValueError(f"SmolLM2's eos id is {smollm2.EXPECTED.eos_id}, not {EOS_ID}")
+        tokenizer = smollm2.tokenizer()
+    articles = read_articles() if articles is None else articles
+    splits = split_articles(articles)
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    out = {}
+    for name, arts in zip(("calib", "heldout"), splits):
+        encs = tokenizer.encode_batch([document(a) for a in arts], add_special_tokens=False)
+        ids = [list(e.ids) for e in encs]
+        for a, art in zip(ids, arts):
+            if special.intersection(a):
+                raise ValueError(f"the article {art.title!r} holds a special token "
+                                 f"{sorted(special.intersection(a))} (eos is {EOS_ID})")
+        if any(max(a, default=0) >= 2**16 for a in ids):
+            raise ValueError("token ids must fit uint16")
+        out[name] = join_articles(ids)
+    return Derived([a.title for a in splits[0]], [a.title for a in splits[1]],
+                   out["calib"][0], out["heldout"][0], out["calib"][1], out["heldout"][1])
+
+
+def _arrays(d: Derived) -> dict[str, np.ndarray]:
+    return {"calib": d.calib, "heldout": d.heldout, "calib_starts": d.calib_starts,
+            "heldout_starts": d.heldout_starts, "eos_id": np.asarray(EOS_ID, dtype=np.int64)}
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`numpy.savez_compressed` with fixed zip timestamps, so equal arrays give equal bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+
+
+def provenance(d: Derived, tokens_sha256: str) -> dict:
+    import tokenizers
+
+    from experiments.models import smollm2
+
+    n_calib, n_held = len(d.calib_titles), len(d.heldout_titles)
+    return {
+        "source": f"{SOURCE_PATH} in the gensim {SOURCE_VERSION} wheel (English Wikipedia "
+                  "pages-articles dump excerpt, MediaWiki XML export 0.10, bz2)",
+        "source_sha256": SOURCE_SHA256,
+        "gensim_version": importlib.metadata.version(SOURCE_PACKAGE),
+        "python_version": sys.version.split()[0],
+        "filters": "pages with <ns>0</ns>, no <redirect> element and text not starting with "
+                   "#REDIRECT; wikitext reduced to plain text by experiments.text.strip_markup "
+                   "(comments, references, math/gallery/code elements, templates except a few "
+                   "inline text ones, tables, file/category/interlanguage links, HTML tags, "
+                   "bold/italic, list markers, magic words removed; links and external links "
+                   "to their labels; headings kept as lines; everything from the first "
+                   "appendix heading (See also, Notes, References, Further reading, External "
+                   "links, Bibliography, ...) dropped; entities decoded; whitespace collapsed)",
+        "document": "title + '\\n\\n' + plain text, tokenized without BOS",
+        "split": f"articles sorted by page id; held-out = index % {HELDOUT_EVERY} == "
+                 f"{HELDOUT_EVERY - 1}, calibration = the rest; the articles of a split are "
+                 f"joined with the eos token (id {EOS_ID}) between them, one stream per split",
+        "tokenizer": f"SmolLM2-135M(-Instruct) byte-level BPE (vocabulary 49152) built by "
+                     f"experiments.models.smollm2.tokenizer() from the GGUF file, tokenizers "
+                     f"{tokenizers.__version__}, add_special_tokens=False",
+        "model_sha256": smollm2.MODEL_SHA256,
+        "eos_id": EOS_ID,
+        "eos_token": smollm2.tokenizer().id_to_token(EOS_ID),
+        "date": datetime.date.today().isoformat(),
+        "counts": {
+            "calib_articles": n_calib, "calib_tokens": int(d.calib.size),
+            "heldout_articles": n_held, "heldout_tokens": int(d.heldout.size),
+        },
+        "calib_titles": d.calib_titles,
+        "heldout_titles": d.heldout_titles,
+        "tokens_file": TOKENS_FILE.name,
+        "tokens_sha256": tokens_sha256,
+        "command": COMMAND,
+    }
+
+
+def write(out_dir: Path = DATA_DIR, d: Derived | None = None) -> dict:
+    d = derive() if d is None else d
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokens_file = out_dir / TOKENS_FILE.name
+    save_npz(tokens_file, _arrays(d))
+    prov = provenance(d, file_sha256(tokens_file))
+    (out_dir / PROVENANCE_FILE.name).write_text(json.dumps(prov, indent=2, ensure_ascii=False)
+                                                + "\n")
+    return prov
+
+
+def check(path: Path = TOKENS_FILE, d: Derived | None = None) -> list[str]:
+    """The differences between the committed ids (and provenance) and a fresh derivation."""
+    d = derive() if d is None else d
+    path = Path(path)
+    problems = []
+    prov = json.loads((path.parent / PROVENANCE_FILE.name).read_text())
+    digest = file_sha256(path)
+    if digest != prov["tokens_sha256"]:
+        problems.append(f"{path} has SHA-256 {digest}, PROVENANCE.json records "
+                        f"{prov['tokens_sha256']}")
+    with np.load(path) as z:
+        stored = {k: z[k] for k in z.files}
+    for k, v in _arrays(d).items():
+        if k not in stored:
+            problems.append(f"{path} has no array {k!r}")
+        elif stored[k].dtype != v.dtype or not np.array_equal(stored[k], v):
+            problems.append(f"{k}: committed {stored[k].dtype} {stored[k].shape} differs from "
+                            f"the re-derived {v.dtype} {v.shape}")
+    for k, v in (("calib_titles", d.calib_titles), ("heldout_titles", d.heldout_titles)):
+        if prov.get(k) != v:
+            problems.append(f"PROVENANCE.json {k} differ from the re-derived ones")
+    counts = {"calib_articles": len(d.calib_titles), "calib_tokens": int(d.calib.size),
+              "heldout_articles": len(d.heldout_titles), "heldout_tokens": int(d.heldout.size)}
+    if prov.get("counts") != counts:
+        problems.append(f"PROVENANCE.json counts {prov.get('counts')} differ from {counts}")
+    if prov.get("source_sha256") != SOURCE_SHA256:
+        problems.append("PROVENANCE.json source_sha256 differs from SOURCE_SHA256")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Runtime API: the committed ids only
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def load_lm_tokens(path: Path = TOKENS_FILE) -> LMTokens:
+    """Read the committed token ids (read-only int32), checking the file's SHA-256 against
+    PROVENANCE.json."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; it is committed with the repository (regenerate it with "
+            f"`{INSTALL_COMMAND} && {COMMAND}`)"
+        )
+    prov = json.loads((path.parent / PROVENANCE_FILE.name).read_text())
+    digest = file_sha256(path)
+    if digest != prov["tokens_sha256"]:
+        raise ValueError(
+            f"{path} has SHA-256 {digest} but PROVENANCE.json records {prov['tokens_sha256']}"
+        )
+    with np.load(path) as z:
+        arrays = [z[k].astype(np.int32) if k in ("calib", "heldout") else z[k].astype(np.int64)
+                  for k in ("calib", "heldout", "calib_starts", "heldout_starts")]
+        eos_id = int(z["eos_id"])
+    for a in arrays:
+        a.flags.writeable = False  # shared by every caller of the cache
+    return LMTokens(*arrays, eos_id)
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None, why: str = "") -> int:
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if not ok or value < lo or (hi is not None and value > hi):
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"`{name}` must be an integer {rng}{why}; got {value!r}")
+    return int(value)
+
+
+def _windows(stream: np.ndarray, length: int, split: str) -> np.ndarray:
+    length = _check_int("length", length, 1, stream.size,
+                        f" (the {split} stream holds {stream.size} tokens)")
+    k = stream.size // length
+    return stream[: k * length].reshape(k, length)
+
+
+def _check_n(n, windows: np.ndarray, split: str) -> int:
+    return _check_int("n", n, 1, len(windows), f" (the {split} stream holds {len(windows)} "
+                      f"windows of {windows.shape[1]} tokens)")
+
+
+def calibration_windows(n: int, length: int = 512, seed: int = 0) -> np.ndarray:
+    """``n`` random non-overlapping windows of ``length`` tokens of the calibration stream,
+    (n, length) int32.
+
+    The stream is cut into ``len // length`` consecutive windows (the tail shorter than
+    ``length`` is unused); ``numpy.random.default_rng(seed).choice(k, n, replace=False)``
+    picks which, in that order. Windows may cross article boundaries (an eos token).
+    """
+    windows = _windows(load_lm_tokens().calib, length, "calibration")
+    n = _check_n(n, windows, "calibration")
+    seed = _check_int("seed", seed, 0)
+    idx = np.random.default_rng(seed).choice(len(windows), size=n, replace=False)
+    return windows[idx]
+
+
+def heldout_windows(n: int | None = None, length: int = 512) -> np.ndarray:
+    """The held-out stream cut into consecutive non-overlapping windows of ``length`` tokens,
+    the first ``n`` of them (None: all), (k, length) int32."""
+    windows = _windows(load_lm_tokens().heldout, length, "held-out")
+    if n is not None:
+        windows = windows[: _check_n(n, windows, "held-out")]
+    return windows.copy()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DATA_DIR,
+                        help="directory for tokens.npz and PROVENANCE.json")
+    parser.add_argument("--check", action="store_true",
+                        help="re-derive the ids and compare them with the committed file "
+                             "(exit 1 on any difference) instead of writing")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check(Path(args.out) / TOKENS_FILE.name)
+        for p in problems:
+            print(p, file=sys.stderr)
+        print("differences found" if problems else "committed ids match a fresh derivation")
+        return 1 if problems else 0
+    prov = write(args.out)
+    print(f"wrote {args.out} ({json.dumps(prov['counts'])})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
