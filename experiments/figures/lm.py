@@ -1,0 +1,82 @@
+"""Figures of the causal LM (SmolLM2-135M on Wikipedia text), from `experiments.lm`'s records.
+
+* ``lm_perplexity``: held-out perplexity against bits per algorithm (practical pass: GPTQ's
+  asymmetric grid per channel), with the full-precision (dequantized Q4_1) perplexity.
+* ``lm_gain``: the Qronos gain against depth, ``rel_err(OPTQ) / rel_err(Qronos)`` per linear
+  layer in forward order (blocks of 7).
+* ``lm_bounds``: per-layer error against bound (bounds pass: infinite alphabet, float64).
+
+    python -m experiments.figures.lm --runs runs/default/lm --out figures
+
+Nothing is recomputed here; the layer tables and the gain and bounds panels are those of
+`experiments.figures.real`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pandas as pd
+
+from experiments.figures import real, style
+
+PER_BLOCK = 7  # q, k, v, o, gate, up, down
+
+
+def perplexity_table(recs: list[dict]) -> pd.DataFrame:
+    """One row per successful practical run (the columns of figures/lm_perplexity.csv)."""
+    rows = [{"config": r["config"]["name"], "algorithm": r["config"]["algorithm"],
+             "order": r["config"].get("order", "natural"), "bits": r["config"]["bits"],
+             "group_size": r["config"].get("group_size") or -1,
+             "perplexity": r["perplexity"], "fp_perplexity": r["fp_perplexity"],
+             "heldout_tokens": r["heldout_tokens"], "calib_windows": r["config"]["calib"],
+             "length": r["config"]["length"], "quantize_s": r["wall_s"]["quantize"]}
+            for r in recs if r["status"] == "ok" and r["config"]["pass"] == "practical"]
+    return pd.DataFrame(rows).sort_values(["config", "bits"]).reset_index(drop=True)
+
+
+def build_perplexity(t: pd.DataFrame, out_dir: str) -> pd.DataFrame:
+    fig, axes = style.figure()
+    ax = axes[0] if hasattr(axes, "__len__") else axes
+    for name, g in t.groupby("config", sort=False):
+        ax.plot(g.bits, g.perplexity, marker="o", color=style.COLORS.get(name),
+                label=style.LABELS.get(name, name))
+    ax.axhline(t.fp_perplexity.iloc[0], color="k", lw=0.8, ls="--",
+               label="full precision (Q4_1 file)")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits (per channel)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_xticks(sorted(t.bits.unique()))
+    ax.legend(loc="best", fontsize=7)
+    style.save(fig, "lm_perplexity", t, out_dir)
+    return t
+
+
+def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFrame]:
+    """The figures whose pass has records (at least one successful run is needed)."""
+    if not any(r["status"] == "ok" for r in recs):
+        raise FileNotFoundError("no successful LM records: run `python -m experiments.lm`")
+    layers = real.layers_table(recs)
+    out = {}
+    if (layers["pass"] == "practical").any():
+        out["lm_perplexity"] = build_perplexity(perplexity_table(recs), out_dir)
+        out["lm_gain"] = real.build_gain(layers, out_dir, "lm_gain", PER_BLOCK)
+    if (layers["pass"] == "bounds").any():
+        out["lm_bounds"] = real.build_bounds(layers, out_dir, "lm_bounds", PER_BLOCK)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from experiments import lm
+
+    parser = argparse.ArgumentParser(description="Build figures/lm_*.* from the LM records.")
+    parser.add_argument("--runs", default="runs/default/lm", help="the study's record folder")
+    parser.add_argument("--out", default="figures", help="output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    build_all(lm.load(args.runs), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The causal LM study: SmolLM2-135M quantized end to end, judged by held-out perplexity.
+
+    python -m experiments.lm                  # default size, records in runs/default/lm
+    python -m experiments.lm --size smoke     # what CI runs: 210 layers on 1536 tokens
+    python -m experiments.lm --size full      # 128 x 512 calibration tokens, bits 2, 3, 4, 8
+
+    from experiments.lm import quantize_lm
+    res = quantize_lm("optq", 3, calib=16)    # all 210 linear layers, in forward order
+    res.perplexity, res.records[7]["rel_err"]
+
+Each run quantizes the 210 linear layers (30 blocks x q, k, v, o, gate, up, down) with the
+one sequential driver (`experiments.quantize_model`, adapter `experiments.models.smollm2`) on
+``calib`` random windows of ``length`` tokens of the calibration articles, then scores the
+quantized model on the first ``heldout`` non-overlapping windows of the held-out articles:
+perplexity ``exp(mean NLL)`` over every predicted token (`smollm2.perplexity`). The text is
+the Wikipedia excerpt of `experiments.text` (disjoint articles). The passes (practical:
+GPTQ's asymmetric grid; bounds: the infinite alphabet in float64, every bound on every layer)
+and the records are `experiments.study`'s; figures: `experiments.figures.lm`.
+
+The "full-precision" model is the dequantized GGUF file, whose weights are themselves stored
+in Q4_1 (groups of 32, 16 levels each; the token embedding in Q8_0): every bit-width here
+re-quantizes those values, so 8 bits is near-lossless by construction and 4 bits per channel
+is the first meaningful comparison (see the README).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from experiments.study import Outcome, Size, Study
+
+DEFAULT_LENGTH = 512
+
+
+class LMResult(NamedTuple):
+    records: list  # one dict per linear layer (the driver's), forward order
+    perplexity: float  # held-out perplexity of the quantized model
+    n_tokens: int  # held-out tokens predicted
+    params: dict  # the quantized model's parameters
+    seconds: float  # wall time of the layer-by-layer quantization
+
+
+@functools.lru_cache(maxsize=1)
+def model():
+    from experiments.models.smollm2 import SmolLM2
+
+    return SmolLM2()
+
+
+def calibration_batch(calib: int, length: int = DEFAULT_LENGTH, seed: int = 0):
+    """``calib`` random calibration windows as an `experiments.models.Batch` (no padding)."""
+    from experiments import text
+    from experiments.models import Batch
+
+    ids = text.calibration_windows(calib, length, seed)
+    return Batch(ids, np.ones_like(ids))
+
+
+@functools.lru_cache(maxsize=4)
+def full_precision_perplexity(heldout: int, length: int = DEFAULT_LENGTH) -> tuple[float, int]:
+    """Perplexity of the unquantized (dequantized GGUF) model on the same held-out windows."""
+    from experiments import text
+    from experiments.models import smollm2
+
+    ppl, n, _ = smollm2.perplexity(model().params, text.heldout_windows(heldout, length))
+    return ppl, n
+
+
+def quantize_lm(algorithm: str = "optq", bits: int = 4, *, calib: int = 128,
+                length: int = DEFAULT_LENGTH, heldout: int | None = 32,
+                on_layer: Callable | None = None, progress: bool = False,
+                **options) -> LMResult:
+    """Quantize all 210 linear layers in forward order; held-out perplexity.
+
+    Args:
+      algorithm, bits, **options: as `experiments.quantize_model.make_options` (grid, finite,
+        lam, percdamp, order, rounding, variant, seed, block_size).
+      calib: calibration windows (GPTQ's usual 128); length: tokens per window (512).
+      heldout: held-out windows scored (None: all of them).
+      on_layer: the driver's per-layer hook (e.g. `quantize_model.theory_bounds`).
+    """
+    from experiments import text
+    from experiments.models import smollm2
+    from experiments.quantize_model import make_options, quantize_model
+
+    o = make_options(algorithm, bits, **options)
+    batch = calibration_batch(calib, length, o.seed)
+    t0 = time.perf_counter()
+    records, params = quantize_model(model(), o, batch, on_layer=on_layer, progress=progress)
+    seconds = time.perf_counter() - t0
+    ppl, n, _ = smollm2.perplexity(params, text.heldout_windows(heldout, length),
+                                   progress=progress)
+    return LMResult(records, ppl, n, params, seconds)
+
+
+def execute(cfg: dict[str, Any], options: dict[str, Any], on_layer) -> Outcome:
+    res = quantize_lm(calib=cfg["calib"], length=cfg["length"], heldout=cfg["heldout"],
+                      on_layer=on_layer, **options)
+    fp, _ = full_precision_perplexity(cfg["heldout"], cfg["length"])
+    quality = {"perplexity": res.perplexity, "fp_perplexity": fp, "heldout_tokens": res.n_tokens}
+    return Outcome(quality, res.records, res.seconds)
+
+
+def _data(calib: int, length: int, heldout: int) -> dict[str, Any]:
+    return {"model": "SmolLM2-135M-Instruct.Q4_1", "calib": calib, "length": length,
+            "heldout": heldout, "group_size": None}
+
+
+_ALGS = ("rtn", "optq", "optq_decreasing", "qronos")
+# Calibration rows m = calib * length >= 1536 (the widest input, down_proj) keeps B2 in its
+# cheap N <= m form. Measured wall time on 2 cores, one whole-model run being two 30-block
+# forward passes over the calibration tokens, 210 quantizations with their float64
+# measurements and the held-out perplexity: smoke about 4 min (what CI runs), default about
+# 3 min (reproduce's default), full not yet run (hours: 128 x 512 calibration tokens).
+SIZES = {
+    "smoke": Size((3,), (3,), ("rtn", "optq"), ("optq", "qronos"), _data(12, 128, 2)),
+    "default": Size((3,), (), ("rtn", "optq", "qronos"), (), _data(4, 512, 8)),
+    "full": Size((2, 3, 4, 8), (3,), _ALGS, ("optq", "qronos"), _data(128, 512, 64)),
+}
+
+STUDY = Study("lm", SIZES, execute, "experiments.figures.lm", "lm", "perplexity")
+config, configs, load, summarize = STUDY.config, STUDY.configs, STUDY.load, STUDY.summarize
+run_one, run_study, run_and_build, main = (STUDY.run_one, STUDY.run_study, STUDY.run_and_build,
+                                           STUDY.main)
+
+__all__ = ["LMResult", "SIZES", "STUDY", "calibration_batch", "config", "configs", "execute",
+           "full_precision_perplexity", "load", "main", "quantize_lm", "run_and_build",
+           "run_one", "run_study", "summarize"]
+
+if __name__ == "__main__":
+    sys.exit(main())
