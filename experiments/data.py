@@ -145,7 +145,7 @@ def from_files(path: str, *, w_path: str | None = None, seed: int = 0, n: int = 
 def load(data: Any) -> Layer:
     """The layer a `schema.DataConfig` (or a plain mapping with its fields) describes.
 
-    The ``real`` family is delegated to ``experiments.real.load(data)`` when that module exists.
+    The ``real`` family is delegated to ``experiments.real.calib.load(data)``.
     """
     get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
     family = get("family")
@@ -155,9 +155,9 @@ def load(data: Any) -> Layer:
         return from_files(get("path"), w_path=get("w_path"), seed=get("seed"), n=get("n"),
                           mismatch=get("mismatch"), mismatch_kind=mismatch_kind)
     if family == "real":
-        from experiments import real  # optional subpackage, owned by the real-model data
+        from experiments.real import calib  # the real-model data; it never imports this module
 
-        return real.load(data)
+        return Layer(*calib.load(data))
     params = {k: get(k) for k in ("rank", "noise", "tail", "rho")}
     layer = synthetic(family, m=get("m"), N=get("N"), n=get("n"), seed=get("seed"),
                       mismatch=get("mismatch"), mismatch_kind=mismatch_kind, **params)

@@ -181,14 +181,14 @@ def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFr
 
 
 def main(argv: list[str] | None = None) -> None:
-    from experiments.real import study
+    from experiments.study import Study
 
     parser = argparse.ArgumentParser(description="Build figures/real_*.* from the study's records.")
     parser.add_argument("--runs", default="runs/default/real", help="the study's record folder")
     parser.add_argument("--out", default="figures", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_all(study.load(args.runs), args.out)
+    build_all(Study.load(args.runs), args.out)
 
 
 if __name__ == "__main__":

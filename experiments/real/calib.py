@@ -80,8 +80,10 @@ def parse_layer(layer: str) -> tuple[int, str]:
     )
 
 
-def load(data):
-    """The ``real`` data family of `experiments.data.load`: one layer as float64 `Layer`.
+def load(data) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The ``real`` data family of `experiments.data.load`: one layer's float64 ``(X, X_hat,
+    W, source)``, which `experiments.data` wraps in its `Layer` (so this package never imports
+    `experiments.data`).
 
     Reads from the data config: ``layer`` ("3.intermediate" or the PyTorch name; default
     "0.query"), ``model`` (must be "all-MiniLM-L6-v2" or unset) and ``extra``:
@@ -89,8 +91,6 @@ def load(data):
     "rtn" | "optq" | "qronos", or None for X_hat = X), ``upstream_bits`` (default 4) and
     ``upstream_<option>`` for any other `sequential.Options` field (grid, mse, percdamp, ...).
     """
-    from experiments.data import Layer
-
     get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
     model = get("model")
     if model not in (None, MODEL_NAME):
@@ -109,4 +109,4 @@ def load(data):
     d = layer_data(layer, kind, n_tokens=tokens, algorithm=upstream, bits=bits, **options)
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     source = f"real:{MODEL_NAME}:{d.name}:tokens={tokens}:upstream={upstream}@{bits}"
-    return Layer(f64(d.X), f64(d.X_hat), f64(d.W), source)
+    return f64(d.X), f64(d.X_hat), f64(d.W), source
