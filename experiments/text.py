@@ -93,6 +93,25 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def verified_ids_file(path: Path, regenerate: str) -> Path:
+    """``path``, a committed token-id file, after checking its SHA-256 against the
+    ``tokens_sha256`` of the PROVENANCE.json beside it; ``regenerate`` is the command named
+    when the file is missing. Shared by every committed text (MiniLM's and this one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; it is committed with the repository (regenerate it with "
+            f"`{regenerate}`)"
+        )
+    prov = json.loads((path.parent / PROVENANCE_FILE.name).read_text())
+    digest = file_sha256(path)
+    if digest != prov["tokens_sha256"]:
+        raise ValueError(
+            f"{path} has SHA-256 {digest} but PROVENANCE.json records {prov['tokens_sha256']}"
+        )
+    return path
+
+
 def source_file() -> Path:
     """The dump excerpt inside the installed gensim package, checked against `SOURCE_SHA256`."""
     try:
@@ -633,18 +652,7 @@ def check(path: Path = TOKENS_FILE, d: Derived | None = None) -> list[str]:
 def load_lm_tokens(path: Path = TOKENS_FILE) -> LMTokens:
     """Read the committed token ids (read-only int32), checking the file's SHA-256 against
     PROVENANCE.json."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; it is committed with the repository (regenerate it with "
-            f"`{INSTALL_COMMAND} && {COMMAND}`)"
-        )
-    prov = json.loads((path.parent / PROVENANCE_FILE.name).read_text())
-    digest = file_sha256(path)
-    if digest != prov["tokens_sha256"]:
-        raise ValueError(
-            f"{path} has SHA-256 {digest} but PROVENANCE.json records {prov['tokens_sha256']}"
-        )
+    path = verified_ids_file(path, f"{INSTALL_COMMAND} && {COMMAND}")
     with np.load(path) as z:
         arrays = [z[k].astype(np.int32) if k in ("calib", "heldout") else z[k].astype(np.int64)
                   for k in ("calib", "heldout", "calib_starts", "heldout_starts")]

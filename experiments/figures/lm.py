@@ -14,9 +14,6 @@ Nothing is recomputed here; the layer tables and the gain and bounds panels are 
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 import pandas as pd
 
 from experiments.figures import real, style
@@ -68,14 +65,7 @@ def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFr
 
 
 def main(argv: list[str] | None = None) -> None:
-    from experiments.study import Study
-
-    parser = argparse.ArgumentParser(description="Build figures/lm_*.* from the LM records.")
-    parser.add_argument("--runs", default="runs/default/lm", help="the study's record folder")
-    parser.add_argument("--out", default="figures", help="output folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_all(Study.load(args.runs), args.out)
+    real.figures_cli(build_all, "lm", argv)
 
 
 if __name__ == "__main__":

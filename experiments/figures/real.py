@@ -180,15 +180,22 @@ def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFr
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def figures_cli(build, key: str, argv: list[str] | None = None) -> None:
+    """The command line of a whole-model study's figures: ``build(records, out_dir)`` on the
+    records of ``--runs`` (default ``runs/default/<key>``)."""
     from experiments.study import Study
 
-    parser = argparse.ArgumentParser(description="Build figures/real_*.* from the study's records.")
-    parser.add_argument("--runs", default="runs/default/real", help="the study's record folder")
+    parser = argparse.ArgumentParser(description=f"Build figures/{key}_*.* from the {key} "
+                                                 "study's records.")
+    parser.add_argument("--runs", default=f"runs/default/{key}", help="the study's records")
     parser.add_argument("--out", default="figures", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_all(Study.load(args.runs), args.out)
+    build(Study.load(args.runs), args.out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    figures_cli(build_all, "real", argv)
 
 
 if __name__ == "__main__":

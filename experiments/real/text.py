@@ -16,13 +16,13 @@ mixes topics (as GPTQ draws random calibration samples).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from experiments.text import file_sha256, verified_ids_file  # noqa: F401 (regen uses file_sha256)
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "real"
 TOKENS_FILE = DATA_DIR / "tokens.npz"
@@ -92,24 +92,10 @@ def split_paragraphs(topics: dict[str, str]) -> tuple[list[str], list[str]]:
     return [calib[i] for i in perm], heldout
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_tokens(path: Path = TOKENS_FILE) -> Tokens:
     """Read the committed token ids, checking the file's SHA-256 against PROVENANCE.json."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; it is committed with the repository (regenerate it with "
-            "`pip install -e '.[regen]' && python -m experiments.real.regen`)"
-        )
-    prov = json.loads((path.parent / PROVENANCE_FILE.name).read_text())
-    digest = file_sha256(path)
-    if digest != prov["tokens_sha256"]:
-        raise ValueError(
-            f"{path} has SHA-256 {digest} but PROVENANCE.json records {prov['tokens_sha256']}"
-        )
+    path = verified_ids_file(
+        path, "pip install -e '.[regen]' && python -m experiments.real.regen")
     with np.load(path) as z:
 
         def seqs(split):
