@@ -44,7 +44,10 @@ def optq(
     Args:
       X: (m, N) calibration inputs, rows are samples.
       W: (N, n) weights, features x neurons (the transpose of ``nn.Linear.weight``).
-      grid: the alphabet, one step per neuron (`ptq.Grid`); values outside its range clip.
+      grid: the alphabet (`ptq.Grid`); values outside its range clip. Its step and zero are
+        scalars, one per neuron (n,), or one per feature and neuron (N, n) in original
+        feature order (group-wise grids): feature ``order[t]`` is rounded at step t with
+        row ``order[t]``.
       lam: absolute regularisation ``>= 0``. percdamp: relative one,
         ``lam = percdamp * mean(diag(X^T X))``. Neither: ``percdamp = 0.01`` (GPTQ).
       order: "natural", "decreasing_norm" (GPTQ's act_order), "increasing_norm", "random"
@@ -67,7 +70,7 @@ def optq(
     there) and in computing ``U`` from one Cholesky factorisation (mathematically equal).
     """
     m, N, n = check_layer_shapes(X, W)
-    layer.check_common(grid, n, rounding, key, block_size)
+    layer.check_common(grid, n, rounding, key, block_size, N=N)
     X, W = layer.as_arrays(("X", X), ("W", W))
     sq = layer.column_sq_norms(X)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
@@ -90,15 +93,24 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
     """Run the kernel on ordered ``R`` and ``W_start`` and map the results back.
 
     ``W_start`` is ``w(0)`` in processing order; the result holds it in original order.
+    ``grid`` is in original order: a per-weight grid (N, n) is gathered to processing order
+    for the kernel, so feature ``perm[t]`` is rounded at step t with its own row.
     """
     N, n = W_start.shape
     u = None
     if rounding == "stochastic":
         u = layer.uniforms(key, N, n, W_start.dtype)
+    grid_ordered = grid
+    if jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2:
+        p = layer.gather_index(perm)
+        grid_ordered = grid._replace(
+            step=layer.take_rows(jnp.broadcast_to(grid.step, (N, n)), p),
+            zero=layer.take_rows(jnp.broadcast_to(grid.zero, (N, n)), p),
+        )
     out = quantize_ordered(
         R,
         W_start,
-        grid,
+        grid_ordered,
         u,
         z_first,
         block_size=min(int(block_size), N),

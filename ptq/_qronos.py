@@ -54,7 +54,8 @@ def qronos(
 
     Args:
       X, X_hat: (m, N) full-precision and mismatched inputs (same samples, same shape).
-      W: (N, n) weights. variant: "paper" or "ls_first". The rest is as in `ptq.optq`; lam,
+      W: (N, n) weights. variant: "paper" or "ls_first". The rest is as in `ptq.optq` (the
+        grid may be per weight, (N, n) in original order, as there); lam,
         percdamp and the norm orders refer to ``X_hat`` (the matrix that is factorised).
 
     Returns:
@@ -66,7 +67,7 @@ def qronos(
     the factorisation fails: here that raises.
     """
     m, N, n = check_layer_shapes(X, W, X_hat)
-    layer.check_common(grid, n, rounding, key, block_size)
+    layer.check_common(grid, n, rounding, key, block_size, N=N)
     options.check_variant(variant)
     X, X_hat, W = layer.as_arrays(("X", X), ("X_hat", X_hat), ("W", W))
     sq = layer.column_sq_norms(X_hat)

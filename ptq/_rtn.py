@@ -21,10 +21,11 @@ def rtn(W, grid: Grid) -> RTNResult:
     """Round every weight to the nearest grid point (ties up), ``q = Q(w)``.
 
     Args:
-      W: (N, n) weights, features x neurons. grid: `ptq.Grid`, one step per neuron.
+      W: (N, n) weights, features x neurons. grid: `ptq.Grid`, its step and zero of shape
+        (), (n,) or (N, n) (one per weight, rounded elementwise).
     """
-    _, n = check_matrix("W", W)
-    layer.check_common(grid, n, "nearest", None, 1)
+    N, n = check_matrix("W", W)
+    layer.check_common(grid, n, "nearest", None, 1, N=N)
     (W,) = layer.as_arrays(("W", W))
     k = grid.nearest_index(W)
     return RTNResult(grid.step * k, (k + grid.zero).astype(jnp.int32))

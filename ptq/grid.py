@@ -1,9 +1,15 @@
 """Quantization grids (alphabets) and rounding.
 
-Every grid here is a uniform grid with step ``delta`` per neuron, written with integer codes
-``c`` and a zero point ``zero``::
+Every grid here is a uniform grid with step ``delta`` and integer zero point ``zero``, written
+with integer codes ``c``::
 
     value = delta * (c - zero),     qmin <= c <= qmax.
+
+``delta`` and ``zero`` are scalars (one grid for the layer), one per neuron (shape (n,)), or
+one per feature and neuron (shape (N, n), rows in the ORIGINAL feature order): the group-wise
+grids of GPTQ, where row j holds the step and zero of the group feature j falls in. Rounding is
+elementwise, so ``Q(z)[j, i]`` uses ``delta[j, i]``; the algorithms round feature ``order[t]``
+(processing step t) with row ``order[t]``.
 
 * Symmetric alphabet ``A = {k * delta : |k| <= K}`` (THEORY.md section 1): ``zero = 0``,
   ``qmin = -K``, ``qmax = K``; ``K = None`` is the infinite alphabet ``delta * Z``
@@ -37,13 +43,14 @@ MAX_BITS = 24  # float32 represents every integer code exactly up to 2^24
 
 
 class Grid(NamedTuple):
-    """A uniform quantization grid, one step per neuron (a JAX pytree).
+    """A uniform quantization grid (a JAX pytree): one step per layer, neuron or weight.
 
     Build it with :meth:`Grid.symmetric`, :meth:`Grid.asymmetric` or :meth:`Grid.fit`.
+    ``step`` and ``zero`` have shape (), (n,) or (N, n) (rows in original feature order).
     """
 
-    step: jax.Array  # () or (n,) float: delta, > 0
-    zero: jax.Array  # () or (n,) float: integer-valued zero point (code of the value 0)
+    step: jax.Array  # (), (n,) or (N, n) float: delta, > 0
+    zero: jax.Array  # (), (n,) or (N, n) float: integer-valued zero point (code of the value 0)
     qmin: jax.Array  # () float: lowest code (-inf for an infinite alphabet)
     qmax: jax.Array  # () float: highest code (+inf for an infinite alphabet)
 
@@ -53,7 +60,8 @@ class Grid(NamedTuple):
         """The alphabet ``{k * step : |k| <= levels}``; ``levels=None`` is ``step * Z``.
 
         Args:
-          step: delta, a positive scalar or one per neuron, shape (n,).
+          step: delta, a positive scalar, one per neuron (n,) or one per feature and neuron
+            (N, n), rows in original feature order.
           levels: K >= 1, or None for the infinite alphabet.
         """
         step = _positive_step(step)
@@ -67,10 +75,25 @@ class Grid(NamedTuple):
 
     @classmethod
     def asymmetric(cls, scale, zero, bits: int) -> "Grid":
-        """GPTQ's grid ``scale * (c - zero)`` with codes ``c`` in ``[0, 2^bits - 1]``."""
+        """GPTQ's grid ``scale * (c - zero)`` with codes ``c`` in ``[0, 2^bits - 1]``.
+
+        ``scale`` and ``zero`` have shape (), (n,) or (N, n) each, broadcastable together
+        (e.g. a group table expanded to its features, ``scales[g_idx]``).
+        """
         bits = _check_bits(bits, minimum=1)
         scale = _positive_step(scale)
         zero = jnp.asarray(zero, dtype=scale.dtype)
+        if zero.ndim > 2:
+            raise ValueError(
+                f"`zero` must be a scalar, (n,) or (N, n); got shape {zero.shape}"
+            )
+        try:
+            np.broadcast_shapes(scale.shape, zero.shape)
+        except ValueError:
+            raise ValueError(
+                f"`zero` must broadcast against `scale` of shape {scale.shape}; got shape "
+                f"{zero.shape}"
+            ) from None
         if not bool(jnp.all(zero == jnp.round(zero))):
             raise ValueError("`zero` must be integer-valued (a code)")
         return cls(scale, zero, jnp.asarray(0.0), jnp.asarray(float(2**bits - 1)))
@@ -158,7 +181,8 @@ class Grid(NamedTuple):
         return self.qmin - self.zero, self.qmax - self.zero
 
     def nearest_index(self, z):
-        """Signed grid index of round-to-nearest (ties up), clipped: ``z`` is (..., n)."""
+        """Signed grid index of round-to-nearest (ties up), clipped; ``z`` broadcasts with
+        ``step`` ((..., n) for () or (n,) steps, (N, n) for a per-weight grid)."""
         kmin, kmax = self.index_bounds()
         return jnp.clip(jnp.floor(z / self.step + 0.5), kmin, kmax)
 
@@ -212,8 +236,11 @@ def _positive_step(step) -> jax.Array:
     s = jnp.asarray(step)
     if not jnp.issubdtype(s.dtype, jnp.floating):
         s = s.astype(jnp.float32)
-    if s.ndim > 1:
-        raise ValueError(f"`step` must be a scalar or one per neuron (n,); got shape {s.shape}")
+    if s.ndim > 2:
+        raise ValueError(
+            "`step` must be a scalar, one per neuron (n,) or one per feature and neuron (N, n); "
+            f"got shape {s.shape}"
+        )
     if not bool(jnp.all(jnp.isfinite(s) & (s > 0))):
         raise ValueError(f"`step` must be finite and > 0; got {np.asarray(s).min()!r} (minimum)")
     return s

@@ -81,7 +81,8 @@ def quantize_ordered(
     Args:
       R: (N, N) upper triangular with ``H = R R^T`` (see :func:`factor`), processing order.
       W: (N, n) weights to quantize (``w(0)``), in processing order.
-      grid: the grid (step and zero point per neuron, shape () or (n,)).
+      grid: the grid: step and zero point of shape () or (n,), or (N, n) in processing
+        order (row t is the grid of the feature processed at step t).
       u: (N, n) uniforms for stochastic rounding (row t is used at step t), or None.
       z_first: (n,) value rounded at step 1 instead of ``z_1 = w_1`` (Qronos' correction
         step); the error fed forward is still ``e_1 = w_1 - q_1``. None when unused.
@@ -101,16 +102,25 @@ def quantize_ordered(
     Ls = jnp.zeros((Np, Np), dtype).at[:N, :N].set(R.T / r[:, None] - jnp.eye(N, dtype=dtype))
     Wp = jnp.zeros((Np, n), dtype).at[:N].set(W)
     up = jnp.zeros((Np, n), dtype).at[:N].set(u) if stochastic else None
+    # A per-weight grid (N, n) is sliced with the panel; the () / (n,) path is left as it was
+    # (static branch: the per-neuron program is unchanged). Padded rows get step 1, zero 0.
+    per_row = jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2
+    if per_row:
+        Sp = jnp.ones((Np, n), dtype).at[:N].set(jnp.broadcast_to(grid.step, (N, n)))
+        Zp = jnp.zeros((Np, n), dtype).at[:N].set(jnp.broadcast_to(grid.zero, (N, n)))
 
-    def columns(i0, Zs, Ws, Us, Lss, wmax):
-        """Round the b rows of a panel in turn; ``Zs`` holds all but the in-panel feedback."""
+    def columns(i0, Zs, Ws, Us, Lss, wmax, Gs):
+        """Round the b rows of a panel in turn; ``Zs`` holds all but the in-panel feedback.
+
+        ``Gs``: the panel's (b, n) steps and zeros of a per-weight grid, else None."""
 
         def col(j, carry):
             Zs, Ds, Ks, Es, wmax = carry
             z = Zs[j]
+            g = grid if Gs is None else grid._replace(step=Gs[0][j], zero=Gs[1][j])
             rounded = jnp.where(i0 + j == 0, z_first, z) if first_override else z
-            k = grid.stochastic_index(rounded, Us[j]) if stochastic else grid.nearest_index(rounded)
-            q = grid.step * k
+            k = g.stochastic_index(rounded, Us[j]) if stochastic else g.nearest_index(rounded)
+            q = g.step * k
             d = Ws[j] - q  # w_t - q_t, fed forward through column j of Lss
             Zs = Zs + Lss[:, j, None] * d[None, :]  # rows <= j untouched: Lss is strictly lower
             wmax = jnp.maximum(wmax, jnp.abs(rounded))
@@ -137,7 +147,8 @@ def quantize_ordered(
             Zs = _ds(Zb, j, 0, b, n) + jnp.dot(_ds(Lbb, j, 0, b, B), Db, precision=HIGHEST)
             Us = _ds(up, i + j, 0, b, n) if stochastic else None
             Ws = _ds(Wp, i + j, 0, b, n)
-            Ds, Ks, Es, wmax = columns(i + j, Zs, Ws, Us, _ds(Lbb, j, j, b, b), wmax)
+            Gs = (_ds(Sp, i + j, 0, b, n), _ds(Zp, i + j, 0, b, n)) if per_row else None
+            Ds, Ks, Es, wmax = columns(i + j, Zs, Ws, Us, _ds(Lbb, j, j, b, b), wmax, Gs)
             return _dus(Db, Ds, j), _dus(Kb, Ks, j), _dus(Eb, Es, j), wmax
 
         zeros = jnp.zeros((B, n), dtype)

@@ -52,14 +52,28 @@ def as_arrays(*named: tuple[str, object]):
     return out
 
 
-def check_common(grid, n: int, rounding: str, key, block_size) -> None:
-    """Validate the options every algorithm shares."""
+def check_common(grid, n: int, rounding: str, key, block_size, *, N: int | None = None) -> None:
+    """Validate the options every algorithm shares.
+
+    ``grid.step`` and ``grid.zero`` may each be a scalar, one per neuron (n,) or, when the
+    number of features ``N`` is given, one per feature and neuron (N, n).
+    """
     if not isinstance(grid, Grid):
         raise ValueError(f"`grid` must be a ptq.Grid; got {type(grid).__name__}")
-    if jnp.shape(grid.step) not in ((), (n,)):
-        raise ValueError(
-            f"`grid` must have one step per neuron, shape () or ({n},); got {jnp.shape(grid.step)}"
-        )
+    allowed = [(), (n,)] + ([] if N is None else [(N, n)])
+    expected = "() or (n,) = " + f"({n},)" + ("" if N is None else f" or (N, n) = {(N, n)}")
+    for field in ("step", "zero"):
+        shape = tuple(jnp.shape(getattr(grid, field)))
+        if shape not in allowed:
+            raise ValueError(
+                f"`grid` {field} must have shape {expected} (one per layer, neuron"
+                f"{'' if N is None else ' or weight'}); got {shape}"
+            )
+    for field in ("qmin", "qmax"):
+        if jnp.shape(getattr(grid, field)) != ():
+            raise ValueError(
+                f"`grid` {field} must be a scalar; got shape {jnp.shape(getattr(grid, field))}"
+            )
     options.check_rounding(rounding)
     if rounding == "stochastic" and key is None:
         raise ValueError("`rounding='stochastic'` needs `key` (a jax.random key); got key=None")

@@ -16,6 +16,10 @@ so ``Xa^T Xa = X^T X + lam I = H`` and ``||Xa z||^2 = ||X z||^2 + lam ||z||^2``.
 (zero columns of X) with ``lam = 0`` get ``d_t = 1`` (the 1 that `ptq` puts on the diagonal
 of H); since such a column is orthogonal to every other one it only sets its own ``r_t = 1``.
 
+Grids: ``step`` and ``zero`` of shape (), (n,) or (N, n) (rows in original feature order, one
+per feature and neuron, as group-wise grids give them); step t rounds with the row of the
+feature it processes, ``order[t]``.
+
 Rounding, with ``x = z / delta`` and signed index ``k`` clipped to ``[qmin - zero, qmax - zero]``:
 nearest ``k = floor(x + 1/2)`` (ties up); stochastic ``k = floor(x) + [u < x - floor(x)]``.
 
@@ -106,19 +110,63 @@ def projected_columns(Xa) -> np.ndarray:
     return P
 
 
-def _grid_arrays(grid, n: int):
-    """step, zero (n,) and the signed index bounds of any object with the Grid attributes."""
-    step = np.broadcast_to(np.asarray(grid.step, dtype=np.float64), (n,))
-    zero = np.broadcast_to(np.asarray(grid.zero, dtype=np.float64), (n,))
+class _Grid(NamedTuple):
+    """Plain NumPy grid arrays (the attributes the rounding functions read)."""
+
+    step: np.ndarray
+    zero: np.ndarray
+    qmin: np.ndarray
+    qmax: np.ndarray
+
+
+def _grid_arrays(grid, shape):
+    """step, zero broadcast to ``shape`` and the signed index bounds, of any object with the
+    Grid attributes (step/zero of shape (), (n,) or (N, n))."""
+    step = np.asarray(grid.step, dtype=np.float64)
+    zero = np.asarray(grid.zero, dtype=np.float64)
+    try:
+        step = np.broadcast_to(step, shape)
+        zero = np.broadcast_to(zero, shape)
+    except ValueError:
+        raise ValueError(
+            f"`grid` step {step.shape} and zero {zero.shape} must broadcast to {tuple(shape)}"
+        ) from None
     qmin = np.asarray(grid.qmin, dtype=np.float64)
     qmax = np.asarray(grid.qmax, dtype=np.float64)
     return step, zero, qmin - zero, qmax - zero
 
 
+def _grid_table(grid, N: int, n: int) -> _Grid:
+    """The grid as (N, n) step and zero in original feature order (row j: feature j).
+
+    Accepts step and zero of shape (), (n,) or (N, n) each; anything else raises, naming the
+    expected and received shapes.
+    """
+    for field in ("step", "zero"):
+        shape = np.shape(getattr(grid, field))
+        if shape not in ((), (n,), (N, n)):
+            raise ValueError(
+                f"`grid` {field} must have shape () or (n,) = ({n},) or (N, n) = {(N, n)}; "
+                f"got {shape}"
+            )
+    step, zero, _, _ = _grid_arrays(grid, (N, n))
+    return _Grid(step, zero, np.asarray(grid.qmin, np.float64), np.asarray(grid.qmax, np.float64))
+
+
+def _row(table: _Grid, j: int) -> _Grid:
+    """The (n,) grid of original feature j."""
+    return table._replace(step=table.step[j], zero=table.zero[j])
+
+
+def _shape_with(z, grid) -> tuple[int, ...]:
+    return np.broadcast_shapes(z.shape, np.shape(grid.step), np.shape(grid.zero))
+
+
 def round_nearest(z, grid) -> np.ndarray:
-    """Signed grid index of round to nearest, ties up, clipped: ``z`` is (..., n)."""
+    """Signed grid index of round to nearest, ties up, clipped; ``z`` broadcasts with the step
+    ((..., n) for a () or (n,) step, (N, n) for a per-weight one)."""
     z = np.asarray(z, dtype=np.float64)
-    step, _, kmin, kmax = _grid_arrays(grid, z.shape[-1])
+    step, _, kmin, kmax = _grid_arrays(grid, _shape_with(z, grid))
     return np.clip(np.floor(z / step + 0.5), kmin, kmax)
 
 
@@ -129,7 +177,7 @@ def round_stochastic(z, u, grid) -> np.ndarray:
     ``E[delta k] = z`` before clipping.
     """
     z = np.asarray(z, dtype=np.float64)
-    step, _, kmin, kmax = _grid_arrays(grid, z.shape[-1])
+    step, _, kmin, kmax = _grid_arrays(grid, _shape_with(z, grid))
     x = z / step
     lo = np.floor(x)
     return np.clip(lo + (np.asarray(u, dtype=np.float64) < x - lo), kmin, kmax)
@@ -160,8 +208,8 @@ def _prepare(X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed):
             f"H = {name}^T {name} + lam*I is singular (lam = {lam:g}, {live} live features, "
             f"m = {m} samples); pass a larger `lam` or `percdamp`"
         )
-    _grid_arrays(grid, n)  # fail early on a grid of the wrong shape
-    return X, W, u, sq, lam, perm, Xfa
+    table = _grid_table(grid, N, n)  # fails early on a grid of the wrong shape
+    return X, W, u, sq, lam, perm, Xfa, table
 
 
 def _round(z, u_t, grid, stochastic: bool) -> np.ndarray:
@@ -199,11 +247,10 @@ def optq(
     Returns:
       :class:`ReferenceResult` (``W_ls``, ``E_LS`` are None).
     """
-    X, W, u, sq, lam, perm, Xa = _prepare(
+    X, W, u, sq, lam, perm, Xa, table = _prepare(
         X, W, grid, None, rounding, u, lam, percdamp, order, order_seed
     )
     N, n = W.shape
-    step, zero, _, _ = _grid_arrays(grid, n)
     W_start = np.where((sq == 0)[:, None], 0.0, W)
     w = W_start[perm].copy()  # w(t), processing order; rows < t are finished
     traj = np.abs(w).max(axis=0)
@@ -211,16 +258,17 @@ def optq(
     e = np.empty((N, n))
     z = np.empty((N, n))
     for t in range(N):
+        g = _row(table, perm[t])  # the grid of the feature processed at step t
         z[t] = w[t]
-        k[t] = _round(z[t], None if u is None else u[t], grid, rounding == "stochastic")
-        e[t] = z[t] - step * k[t]
+        k[t] = _round(z[t], None if u is None else u[t], g, rounding == "stochastic")
+        e[t] = z[t] - g.step * k[t]
         if t < N - 1:
             c = _lstsq(Xa[:, t + 1 :], Xa[:, t])  # Xa_{>t}^+ Xa_t
             w[t + 1 :] += np.outer(c, e[t])
             traj = np.maximum(traj, np.abs(w[t + 1 :]).max(axis=0))
     r = np.linalg.norm(projected_columns(Xa), axis=0)
     w_max = np.maximum(np.abs(W_start).max(axis=0), np.abs(z).max(axis=0))
-    return _finish(k, e, z, perm, lam, r, traj, w_max, W_start, step, zero, None, None)
+    return _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, None, None)
 
 
 def qronos(
@@ -260,11 +308,11 @@ def qronos(
     """
     if variant not in ("paper", "ls_first"):
         raise ValueError(f"`variant` must be one of ('paper', 'ls_first'); got {variant!r}")
-    X, W, u, _, lam, perm, Xha = _prepare(
+    X, W, u, _, lam, perm, Xha, table = _prepare(
         X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed
     )
     N, n = W.shape
-    step, zero, _, _ = _grid_arrays(grid, n)
+    step_p = table.step[perm]  # processing order: row t is the step of feature perm[t]
     w = W[perm]
     ya = augment(X[:, perm], lam, dead_to_one=False) @ w  # (m + N, n)
     wt = _lstsq(Xha, ya)
@@ -275,37 +323,39 @@ def qronos(
     e = np.empty((N, n))
     z = np.empty((N, n))
     for t in range(N):
+        g = _row(table, perm[t])
         if t == 0 and variant == "paper":
             x0 = Xha[:, 0]
             z[0] = x0 @ (ya - Xha[:, 1:] @ w[1:]) / (x0 @ x0)
         else:
             z[t] = v[0]
-        k[t] = _round(z[t], None if u is None else u[t], grid, rounding == "stochastic")
-        e[t] = v[0] - step * k[t]
+        k[t] = _round(z[t], None if u is None else u[t], g, rounding == "stochastic")
+        e[t] = v[0] - g.step * k[t]
         if t < N - 1:
-            residual = ya - Xha[:, : t + 1] @ (step * k[: t + 1])
+            residual = ya - Xha[:, : t + 1] @ (step_p[: t + 1] * k[: t + 1])
             v = _lstsq(Xha[:, t + 1 :], residual)
             traj = np.maximum(traj, np.abs(v).max(axis=0))
     r = np.linalg.norm(projected_columns(Xha), axis=0)
     w_max = np.maximum(np.abs(wt).max(axis=0), np.abs(z).max(axis=0))
     inv = np.argsort(perm)
-    return _finish(k, e, z, perm, lam, r, traj, w_max, wt[inv], step, zero, wt[inv], E_LS)
+    return _finish(k, e, z, perm, lam, r, traj, w_max, wt[inv], table, wt[inv], E_LS)
 
 
 def rtn(W, grid) -> RTNReference:
     """Round every weight to nearest (ties up), clipped: ``q = Q(w)``."""
     W = np.asarray(W, dtype=np.float64)
-    step, zero, _, _ = _grid_arrays(grid, W.shape[1])
-    k = round_nearest(W, grid)
-    return RTNReference(step * k, (k + zero).astype(np.int64))
+    options.check_matrix("W", W)
+    table = _grid_table(grid, *W.shape)
+    k = round_nearest(W, table)
+    return RTNReference(table.step * k, (k + table.zero).astype(np.int64))
 
 
-def _finish(k, e, z, perm, lam, r, traj, w_max, W_start, step, zero, W_ls, E_LS):
+def _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, W_ls, E_LS):
     inv = np.argsort(perm)
     k = k[inv]
     return ReferenceResult(
-        Q=step * k,
-        codes=(k + zero).astype(np.int64),
+        Q=table.step * k,
+        codes=(k + table.zero).astype(np.int64),
         e=e,
         z=z,
         order=perm,

@@ -100,8 +100,25 @@ def make_X(rng, m: int, N: int, family: str, cond_exp: float = 3.0) -> np.ndarra
 
 
 def make_grid(rng, W: np.ndarray, kind: str) -> ptq.Grid:
-    """A grid of one kind. Fitted grids clip: OPTQ's weights grow past max|w| (B3)."""
-    n = W.shape[1]
+    """A grid of one kind. Fitted grids clip: OPTQ's weights grow past max|w| (B3).
+
+    per_weight: a symmetric grid with an independent random step for every weight (N, n).
+    table_asym_G: GPTQ min-max grids fitted by hand on consecutive groups of G features of W,
+    expanded to (N, n) rows (the group each feature falls in), a short last group included.
+    Both test the (N, n) rows, in original order, against the oracle under every order.
+    """
+    N, n = W.shape
+    if kind == "per_weight":
+        step = rng.uniform(0.1, 0.6, (N, n)) * W.std(axis=0)
+        return ptq.Grid.symmetric(step, int(rng.integers(1, 8)))
+    if kind.startswith("table_asym_"):
+        G = int(kind.rsplit("_", 1)[1])
+        bits = int(rng.integers(1, 4))
+        rows = [ptq.Grid.fit(W[g : g + G], bits, "asymmetric") for g in range(0, N, G)]
+        sizes = [min(G, N - g) for g in range(0, N, G)]
+        step = np.repeat(np.stack([np.asarray(r.step) for r in rows]), sizes, axis=0)
+        zero = np.repeat(np.stack([np.asarray(r.zero) for r in rows]), sizes, axis=0)
+        return ptq.Grid.asymmetric(step, zero, bits)
     if kind == "infinite":
         return ptq.Grid.symmetric(rng.uniform(0.05, 0.5, n) * W.std(axis=0))
     if kind == "symmetric":
@@ -121,6 +138,8 @@ GRID_KINDS = (
     "fit_asym_neuron_2",
     "fit_asym_layer_4",
     "fit_asym_neuron_1",
+    "per_weight",
+    "table_asym_5",
 )
 
 
@@ -199,13 +218,29 @@ def ref_qronos(case: Case, variant: str):
 
 
 # --------------------------------------------------------------------------- comparison
-def boundary_distance(z, grid, u=None) -> np.ndarray:
+def ordered_step(grid, order) -> np.ndarray:
+    """The step of every weight, (N, n), in processing order (row t: feature ``order[t]``)."""
+    N = len(order)
+    step = np.asarray(grid.step, dtype=np.float64)
+    n = step.shape[-1] if step.ndim else 1
+    if step.ndim == 2:
+        return step[np.asarray(order)]
+    return np.broadcast_to(step, (N, n)) if step.ndim else np.full((N, 1), float(step))
+
+
+def step_scale(grid) -> np.ndarray:
+    """The largest step of each neuron, (n,) (or a scalar): the scale of its rounding errors."""
+    step = np.asarray(grid.step, dtype=np.float64)
+    return step.max(axis=0) if step.ndim == 2 else step
+
+
+def boundary_distance(z, step, u=None) -> np.ndarray:
     """Distance, in units of the step, from ``z`` (N, n) to the nearest rounding boundary.
 
-    Nearest rounding jumps where ``z / delta`` is a half-integer; stochastic rounding with
-    uniform ``u`` jumps where ``z / delta - u`` is an integer.
+    ``step`` broadcasts against ``z`` (row t is the step used at processing step t). Nearest
+    rounding jumps where ``z / delta`` is a half-integer; stochastic rounding with uniform
+    ``u`` jumps where ``z / delta - u`` is an integer.
     """
-    step = np.broadcast_to(np.asarray(grid.step, dtype=np.float64), (z.shape[-1],))
     x = np.asarray(z) / step - (0.5 if u is None else u)
     frac = x - np.floor(x)
     return np.minimum(frac, 1.0 - frac)
@@ -229,10 +264,10 @@ def compare_codes(res, ref, grid, *, z_rtol: float, u=None) -> dict:
     codes_ref = ref.codes[order]
     e = np.asarray(res.e, dtype=np.float64)
     N, n = codes.shape
-    step = np.broadcast_to(np.asarray(grid.step, dtype=np.float64), (n,))
-    scale = np.maximum(ref.w_traj_max, step)
+    step = np.broadcast_to(ordered_step(grid, order), (N, n))  # processing order
+    scale = np.maximum(ref.w_traj_max, step.max(axis=0))
     atol = z_rtol * scale  # (n,)
-    dist = boundary_distance(ref.z, grid, u) * step  # in weight units
+    dist = boundary_distance(ref.z, step, u) * step  # in weight units
     diverged = 0
     for j in range(n):
         bad = np.flatnonzero(codes[:, j] != codes_ref[:, j])

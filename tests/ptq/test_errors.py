@@ -161,3 +161,38 @@ def test_same_input_with_a_ridge_is_accepted():
 def test_stochastic_key_is_a_jax_key():
     res = ptq.optq(X, W, GRID, rounding="stochastic", key=jax.random.key(0))
     assert res.Q.shape == W.shape
+
+
+@pytest.mark.parametrize("alg", ALGS + ["rtn"])
+def test_per_weight_grid_shapes(alg):
+    """step/zero of shape (N, n) are accepted; any other 2-D shape names `grid`, the expected
+    shapes and the received one."""
+    N, n = W.shape
+    ok = ptq.Grid.symmetric(np.full((N, n), 0.1), 7)
+    bad = [ptq.Grid.symmetric(np.full((N - 1, n), 0.1), 7),
+           ptq.Grid.symmetric(np.full((n, N), 0.1), 7),
+           ptq.Grid.symmetric(np.full((N, 1), 0.1), 7),
+           ok._replace(zero=np.zeros((N + 1, n)))]
+    run = (lambda g: ptq.rtn(W, g)) if alg == "rtn" else (lambda g: call(alg, grid=g))
+    assert run(ok).Q.shape == (N, n)
+    for g in bad:
+        with pytest.raises(ValueError, match=r"`grid` (step|zero) must have shape .*\(N, n\) = "
+                                             rf"\({N}, {n}\).*got"):
+            run(g)
+    with pytest.raises(ValueError, match="`grid` qmax must be a scalar"):
+        run(ok._replace(qmax=np.full(n, 7.0)))
+
+
+def test_reference_per_weight_grid_shapes():
+    N, n = W.shape
+    with pytest.raises(ValueError, match=rf"`grid` step .*\(N, n\) = \({N}, {n}\); got \(5, 3\)"):
+        ptq.reference.optq(X, W, ptq.Grid.symmetric(np.full((5, n), 0.1), 7))
+    with pytest.raises(ValueError, match="`grid` zero"):
+        ptq.reference.rtn(W, ptq.Grid.symmetric(0.1, 7)._replace(zero=np.zeros((N, 2))))
+
+
+def test_grid_constructor_shapes():
+    with pytest.raises(ValueError, match=r"`step` .*\(N, n\); got shape \(2, 2, 2\)"):
+        ptq.Grid.symmetric(np.full((2, 2, 2), 0.1))
+    with pytest.raises(ValueError, match="`zero` must broadcast against `scale`"):
+        ptq.Grid.asymmetric(np.full((6, 3), 0.1), np.zeros((6, 2)), 4)

@@ -81,7 +81,7 @@ def test_agrees_with_reference(case):
     np.testing.assert_allclose(np.asarray(res.r), ref.r, rtol=tol)
     np.testing.assert_array_equal(np.asarray(res.W_start), ref.W_start)  # both copy or zero w
     if out["diverged"] == 0:
-        scale = np.maximum(ref.w_traj_max, np.asarray(case.grid.step))
+        scale = np.maximum(ref.w_traj_max, C.step_scale(case.grid))
         assert np.all(np.abs(np.asarray(res.w_max) - ref.w_max) <= tol * scale)
 
 
@@ -173,3 +173,31 @@ def test_float32_agrees_with_float64_reference(float32, family, stochastic):
     )
     same = np.mean(np.asarray(res.codes) == ref.codes)
     assert same >= 0.99, f"only {same:.4f} of codes agree with the float64 reference"
+
+
+@pytest.mark.parametrize("order", ["natural", "decreasing_norm", "random"])
+def test_per_weight_grid_of_equal_rows_is_the_per_neuron_grid(rng, order):
+    """A (N, n) grid whose rows all equal the (n,) grid is the same alphabet: identical codes
+    and bitwise equal Q and e (the same float operations on the same numbers)."""
+    X, W = rng.standard_normal((50, 30)), rng.standard_normal((30, 4))
+    grid = ptq.Grid.fit(W, 3, "asymmetric")
+    wide = ptq.Grid.asymmetric(jnp.tile(grid.step, (30, 1)), jnp.tile(grid.zero, (30, 1)), 3)
+    for B in (7, 128):
+        a = ptq.optq(X, W, grid, order=order, block_size=B)
+        b = ptq.optq(X, W, wide, order=order, block_size=B)
+        np.testing.assert_array_equal(np.asarray(a.codes), np.asarray(b.codes))
+        np.testing.assert_array_equal(np.asarray(a.Q), np.asarray(b.Q))
+        np.testing.assert_array_equal(np.asarray(a.e), np.asarray(b.e))
+
+
+def test_per_weight_grid_rounds_each_feature_with_its_own_row(rng):
+    """Feature j is rounded with row j whatever the order: with lam huge the feedback vanishes
+    (C_ts ~ X^T X / lam -> 0), so OPTQ is RTN on the per-weight grid, row by row."""
+    X, W = rng.standard_normal((40, 12)), rng.standard_normal((12, 3))
+    step = rng.uniform(0.05, 1.0, (12, 3))
+    grid = ptq.Grid.symmetric(step, 3)
+    for order in ("natural", "decreasing_norm", rng.permutation(12)):
+        res = ptq.optq(X, W, grid, lam=1e14, order=order)
+        # feedback of size |X^T X| / lam ~ 1e-12 moves no weight across a rounding boundary
+        np.testing.assert_array_equal(np.asarray(res.codes), np.asarray(ptq.rtn(W, grid).codes))
+        check_invariants(res, grid, 12, 3, jnp.float64)

@@ -36,10 +36,10 @@ def test_agrees_with_reference(case, variant):
     tol = tol_for(case.X_hat[:, ref.order], ref.lam)
     out = C.compare_codes(res, ref, case.grid, z_rtol=tol, u=case.u() if case.stochastic else None)
     np.testing.assert_allclose(np.asarray(res.r), ref.r, rtol=tol)
-    scale = np.maximum(np.abs(ref.W_ls).max(axis=0), np.asarray(case.grid.step))
+    scale = np.maximum(np.abs(ref.W_ls).max(axis=0), C.step_scale(case.grid))
     assert np.all(np.abs(np.asarray(res.W_start) - ref.W_ls) <= tol * scale)
     if out["diverged"] == 0:
-        scale = np.maximum(ref.w_traj_max, np.asarray(case.grid.step))
+        scale = np.maximum(ref.w_traj_max, C.step_scale(case.grid))
         assert np.all(np.abs(np.asarray(res.w_max) - ref.w_max) <= tol * scale)
 
 
@@ -51,7 +51,7 @@ def test_ls_first_without_mismatch_is_optq(case):
     q = ptq.qronos(case.X, case.X, case.W, case.grid, variant="ls_first", **case.kwargs())
     o = ptq.optq(case.X, case.W, case.grid, **case.kwargs())
     tol = tol_for(case.X[:, o.order], o.lam)
-    scale = np.maximum(np.abs(case.W).max(axis=0), np.asarray(case.grid.step))
+    scale = np.maximum(np.abs(case.W).max(axis=0), C.step_scale(case.grid))
     assert np.all(np.abs(np.asarray(q.W_start) - case.W) <= tol * scale)
     ref = reference.optq(case.X, case.W, case.grid, **case.kwargs())
     C.compare_codes(q, ref, case.grid, z_rtol=tol)
