@@ -22,7 +22,7 @@ Biases stay in full precision. Grids are fitted per neuron to ``W`` (`ptq.Grid.f
 default GPTQ's asymmetric min-max grid; ``finite=False`` keeps the step on the infinite
 alphabet (nothing clips, so every no-clipping bound of THEORY.md section 4 applies).
 
-Measured per layer (float64, per neuron j): ``err2_j = ||X w_j - X_hat q_j||_2`` and
+Measured per layer (per neuron j, in the run's precision, see `measure`): ``err2_j = ||X w_j - X_hat q_j||_2`` and
 ``errinf_j`` (the error against the full-precision target), ``self2_j = ||X_hat (w_j -
 q_j)||_2`` (the error OPTQ controls) and, for Qronos, the floor ``E_LS,j = sqrt(||X w_j - X_hat
 wt_j||^2 + lam ||w_j - wt_j||^2)`` (``wt = result.W_start``), all through
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -117,48 +118,73 @@ def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid, key=None):
     return ptq.qronos(X, X_hat, W, grid, variant=o.variant, **common)
 
 
+class _Fed(NamedTuple):  # what `experiments.run.measure` reads of a ptq.Result
+    lam: jax.Array
+    w_max: jax.Array
+
+
+@partial(jax.jit, static_argnames="algorithm")
+def _measure_on_device(X, X_hat, W, Q, target, step, lam, w_max, W_start, *, algorithm):
+    from experiments import data, run as run_
+
+    res = None if algorithm == "rtn" else _Fed(lam, w_max)
+    out = run_.measure(data.Layer(X, X_hat, W, "model"), Q, res, step, floors=False,
+                       target=target, xp=jnp)
+    out["rel_err"] = jnp.sqrt(jnp.sum(out["err2"] ** 2) / jnp.sum(target**2))
+    out["input_mismatch"] = jnp.linalg.norm(X - X_hat) / jnp.linalg.norm(X)
+    if algorithm == "qronos":
+        out["e_ls"] = jnp.sqrt(jnp.sum((target - X_hat @ W_start) ** 2, axis=0)
+                               + lam * jnp.sum((W - W_start) ** 2, axis=0))
+    return out
+
+
 def measure(X, X_hat, W, Q, result, step, algorithm: str, target=None) -> tuple[dict, dict]:
-    """`experiments.run.measure` of one layer (float64), and the record's fields from it.
+    """`experiments.run.measure` of one layer, and the record's fields from it.
+
+    One jitted program on the device, in the run's precision (`ptq.layer.compute_dtype`):
+    float64 in the bounds pass (x64 mode, what the bound checks compare), float32 in the
+    practical pass, where a reported norm then carries a relative rounding error of order
+    ``sqrt(N) 2^-24`` of the layer's output, below 1e-4 of the error itself down to 8 bits.
+    Everything returned is float64 NumPy.
 
     Returns ``(fields, measured)``: ``fields`` has err2, errinf, self2 (per neuron), rel_err,
     input_mismatch and, for Qronos, e_ls (from ``result.W_start``); ``measured`` is the full
-    per-neuron dict the bound checks read. ``target``: ``X @ W`` in float64 if known.
+    per-neuron dict the bound checks read. ``target``: ``X @ W`` if known.
     """
-    from experiments import data, run as run_
-
-    X64, Xh64, W64 = (np.asarray(a, np.float64) for a in (X, X_hat, W))
-    layer = data.Layer(X64, Xh64, W64, "model")
-    if target is None:
-        target = X64 @ W64
-    res = None if algorithm == "rtn" else result
-    measured = run_.measure(layer, np.asarray(Q, np.float64), res, step, floors=False,
-                            target=target)
-    D2 = np.sum(measured["err2"] ** 2)
-    fields = {
-        "err2": measured["err2"], "errinf": measured["errinf"], "self2": measured["err2_self"],
-        "rel_err": float(np.sqrt(D2 / np.sum(target**2))),
-        "input_mismatch": float(np.linalg.norm(X64 - Xh64) / np.linalg.norm(X64)),
-    }
-    if algorithm == "qronos":
-        wt = np.asarray(result.W_start, np.float64)
-        fields["e_ls"] = np.sqrt(np.sum((target - Xh64 @ wt) ** 2, axis=0)
-                                 + result.lam * np.sum((W64 - wt) ** 2, axis=0))
-    return fields, measured
+    dtype = ptq.layer.compute_dtype()
+    X, X_hat, W, Q = (jnp.asarray(a, dtype) for a in (X, X_hat, W, Q))
+    target = X @ W if target is None else jnp.asarray(target, dtype)
+    rtn = algorithm == "rtn"
+    lam = jnp.asarray(0.0 if rtn else result.lam, dtype)
+    w_max = jnp.zeros(W.shape[1], dtype) if rtn else jnp.asarray(result.w_max, dtype)
+    W_start = jnp.asarray(result.W_start, dtype) if algorithm == "qronos" else W
+    out = _measure_on_device(X, X_hat, W, Q, target, jnp.asarray(step, dtype), lam, w_max,
+                             W_start, algorithm=algorithm)
+    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    fields = {"err2": out["err2"], "errinf": out["errinf"], "self2": out["err2_self"],
+              "rel_err": float(out.pop("rel_err")),
+              "input_mismatch": float(out.pop("input_mismatch"))}
+    if "e_ls" in out:
+        fields["e_ls"] = out.pop("e_ls")
+    return fields, out
 
 
 class FullPrecisionCache:
-    """Per-layer ``X`` and float64 ``X @ W`` of one model and calibration batch, kept across
+    """Per-layer ``X`` and ``X @ W`` of one model and calibration batch, kept across
     runs (they do not depend on the quantization). Worth it for a small model run many times
     (MiniLM: about 0.3 GB at 2048 tokens); a large one recomputes them in lockstep instead."""
 
     def __init__(self):
         self.inputs: dict[str, np.ndarray] = {}
-        self.targets: dict[str, np.ndarray] = {}
+        self.targets: dict[tuple[str, str], jax.Array] = {}
 
-    def target(self, name: str, X: np.ndarray, W) -> np.ndarray:
-        if name not in self.targets:
-            self.targets[name] = np.asarray(X, np.float64) @ np.asarray(W, np.float64)
-        return self.targets[name]
+    def target(self, name: str, X: np.ndarray, W):
+        """``X @ W`` in the run's precision (one cache entry per precision)."""
+        dtype = ptq.layer.compute_dtype()
+        key = (name, np.dtype(dtype).name)
+        if key not in self.targets:
+            self.targets[key] = jnp.asarray(X, dtype) @ jnp.asarray(W, dtype)
+        return self.targets[key]
 
 
 def quantize_model(model: Model, options: Options, batch, *,

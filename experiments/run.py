@@ -100,8 +100,8 @@ def floor_ls(X, X_hat, W, lam: float) -> np.ndarray:
     return np.linalg.norm(Y - Xha @ V, axis=0)
 
 
-def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray, *,
-            floors: bool = True, target: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def measure(layer: data.Layer, Q, result, step, *, floors: bool = True, target=None,
+            xp=np) -> dict[str, Any]:
     """Per-neuron measurements, float64 (shape (n,) each).
 
     err2, errinf: ``||X w - X_hat q||`` in the 2- and inf-norm (the layer's output error);
@@ -113,24 +113,26 @@ def measure(layer: data.Layer, Q: np.ndarray, result, step: np.ndarray, *,
     floor of every quantizer under mismatch, and e_ls its ridge form (both least-squares
     solves, the costliest part; ``floors=False`` leaves them out, no bound needs them).
     ``target``: ``X @ W`` when the caller has it already (the real model reuses it across runs).
+    ``xp``: the array module of the inputs, NumPy (float64 here) or ``jax.numpy`` (the products
+    then run on the device in the inputs' dtype; the caller converts the outputs).
     """
     X, X_hat, W = layer.X, layer.X_hat, layer.W
     D = (X @ W if target is None else target) - X_hat @ Q
     S = X_hat @ (W - Q)
-    lam = float(result.lam) if result is not None else 0.0
-    w_max = (np.asarray(result.w_max, dtype=np.float64) if result is not None
-             else np.abs(W).max(axis=0))
+    lam = result.lam if result is not None else 0.0  # a float, or traced under jit
+    w_max = (xp.asarray(result.w_max, dtype=W.dtype) if result is not None
+             else xp.abs(W).max(axis=0))
     out = {
-        "err2": np.linalg.norm(D, axis=0),
-        "errinf": np.abs(D).max(axis=0),
-        "err2_self": np.linalg.norm(S, axis=0),
-        "errinf_self": np.abs(S).max(axis=0),
-        "err2_aug": np.sqrt(np.sum(S**2, axis=0) + lam * np.sum((W - Q) ** 2, axis=0)),
-        "err2_pair_aug": np.sqrt(np.sum(D**2, axis=0) + lam * np.sum((W - Q) ** 2, axis=0)),
+        "err2": xp.linalg.norm(D, axis=0),
+        "errinf": xp.abs(D).max(axis=0),
+        "err2_self": xp.linalg.norm(S, axis=0),
+        "errinf_self": xp.abs(S).max(axis=0),
+        "err2_aug": xp.sqrt(xp.sum(S**2, axis=0) + lam * xp.sum((W - Q) ** 2, axis=0)),
+        "err2_pair_aug": xp.sqrt(xp.sum(D**2, axis=0) + lam * xp.sum((W - Q) ** 2, axis=0)),
         "w_max": w_max,
         "w_max_over_step": w_max / step,
-        "k_used": np.abs(np.rint(Q / step)).max(axis=0),
-        "w_inf": np.abs(W).max(axis=0),
+        "k_used": xp.abs(xp.rint(Q / step)).max(axis=0),
+        "w_inf": xp.abs(W).max(axis=0),
     }
     if floors and not np.array_equal(X, X_hat):
         out["e_ls0"] = floor_ls(X, X_hat, W, 0.0)
