@@ -8,9 +8,12 @@ Public API::
     ptq.rtn(W, grid)                 round to nearest                      -> ptq.RTNResult
     ptq.reference                    slow float64 NumPy oracle (least-squares definitions)
     ptq.options                      order / lam resolution shared with `theory` (NumPy only)
+    ptq.pack                         GPTQ v1 packed checkpoints: pack / unpack, safetensors
+                                     + quantize_config.json (NumPy only)       -> ptq.PackedLayer
 
 The JAX modules are imported on first use (PEP 562), so that `theory`, which is NumPy-only,
-can import `ptq.options` (one shared definition of orders and lam) without loading JAX.
+can import `ptq.options` (one shared definition of orders and lam) without loading JAX, and a
+packed checkpoint can be read (`ptq.pack`) without it.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ _LAZY = {
     "rtn": "ptq._rtn",
     "Result": "ptq.layer",
     "RTNResult": "ptq._rtn",
+    "PackedLayer": "ptq.pack",
+    "QuantizeConfig": "ptq.pack",
 }
-_SUBMODULES = ("options", "reference", "grid", "kernel", "layer")
+_SUBMODULES = ("options", "reference", "grid", "kernel", "layer", "pack")
 
-__all__ = ["Grid", "optq", "qronos", "rtn", "Result", "RTNResult", "options", "reference"]
+__all__ = ["Grid", "optq", "qronos", "rtn", "Result", "RTNResult", "options", "reference", "pack",
+           "PackedLayer", "QuantizeConfig"]
 
 
 def __getattr__(name: str):
@@ -49,9 +55,10 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager names
-    from ptq import options, reference
+    from ptq import options, pack, reference
     from ptq.grid import Grid
     from ptq.layer import Result
     from ptq._optq import optq
     from ptq._qronos import qronos
     from ptq._rtn import RTNResult, rtn
+    from ptq.pack import PackedLayer, QuantizeConfig
