@@ -29,10 +29,14 @@ Decisions, stated:
   rows and ``n // 32 * b`` zero columns, so other sizes do not load there; nothing is padded
   (GPTQModel's padding of in_features is disabled in its kernels).
 * The v1 convention ``stored = zero - 1`` (masked to b bits; a v1 loader adds 1 back) stores
-  zero points 1..2^b. A zero point 0 -- GPTQ's asymmetric min-max grid gives it to a group
-  whose weights are all >= 0 -- would be stored as -1 and read back as 2^b (a shift of 2^b
-  steps of the whole group), so `pack` raises a ValueError naming the layer, group and neuron.
-  ``format="gptq_v2"`` (GPTQModel's v2: zero points stored as they are, 0..2^b - 1) stores it.
+  zero points 1..2^b. A zero point 0 -- GPTQ's asymmetric min-max grid, ``zero = round(-min(w,
+  0) / scale)``, gives it wherever a group's most negative weight is above -scale/2 (it happens
+  in MiniLM at 4 bits per channel) -- would be stored as -1 and read back as 2^b, a shift of
+  2^b steps of the whole group (AutoGPTQ's packer, OR-ing the uint32 of -1 into the word, also
+  sets every higher zero point of that word to 2^b - 1). So `pack` raises a ValueError naming
+  the layer, group and neuron; ``format="gptq_v2"`` (GPTQModel's v2, ``checkpoint_format
+  "gptq_v2"``: zero points stored as they are, 0..2^b - 1) stores it, and `convert` moves a
+  layer between the two when its zero points allow.
 * Symmetric grids of this project have signed codes k in [-K, K], K = 2^(b-1) - 1, zero 0;
   `from_grid` maps them to GPTQ's sym=True convention: codes k + 2^(b-1), zero 2^(b-1).
 * Scales are rounded to float16 (round to nearest even): for a scale in float16's normal range
@@ -266,6 +270,15 @@ def unpack(layer: PackedLayer) -> Unpacked:
     return Unpacked(codes, np.ascontiguousarray(zeros, np.int32), layer.scales, layer.g_idx)
 
 
+def convert(layer: PackedLayer, format: Format, *, name: str = "layer") -> PackedLayer:
+    """The same layer with its zero points stored as ``format`` ("gptq" v1 or "gptq_v2")
+    requires; to v1 it raises as `pack` does when a zero point is 0."""
+    if layer.format == format:
+        return layer
+    u = unpack(layer)
+    return pack(u.codes, u.scales, u.zeros, u.g_idx, bits=layer.bits, name=name, format=format)
+
+
 def dequantize(layer: PackedLayer | Unpacked, dtype=np.float32) -> np.ndarray:
     """``W_hat = scales[g_idx] * (codes - zeros[g_idx])``, (N, n), computed in ``dtype``.
 
@@ -478,9 +491,10 @@ def _check_v1_zeros(z: np.ndarray, bits: int, name: str) -> None:
         g, i = (int(v) for v in zero0[0])
         raise ValueError(
             f"layer {name!r}: group {g}, neuron {i} has zero point 0 ({len(zero0)} such "
-            f"entries; GPTQ's min-max grid gives it to a group with no negative weight). The "
-            f"GPTQ v1 format stores zero - 1 = -1, which a v1 loader reads back as 2^{bits} = "
-            f"{2**bits} (mask, then +1), shifting the group by {2**bits} steps; pack with "
+            f"entries; GPTQ's min-max grid gives it where the group's most negative weight is "
+            f"above -scale/2). The GPTQ v1 format stores zero - 1 = -1, which a v1 loader "
+            f"reads back as 2^{bits} = {2**bits} (mask, then +1), shifting the group by "
+            f"{2**bits} steps; pack with "
             "format='gptq_v2' (zero points stored as they are) or use a symmetric grid")
     _in_range("zeros", z, 1, 2**bits, name)
 
@@ -502,7 +516,8 @@ def _to_float16(s: np.ndarray, name: str) -> np.ndarray:
 
 __all__ = [
     "BITS", "CONFIG_FILE", "FLOAT16_REL", "FORMATS", "WEIGHTS_FILE", "Checkpoint",
-    "PackedLayer", "QuantizeConfig", "Unpacked", "check_packed", "dequantize", "from_grid",
+    "PackedLayer", "QuantizeConfig", "Unpacked", "check_packed", "convert", "dequantize",
+    "from_grid",
     "grid_bits", "group_index", "group_table", "load", "pack", "pack_bits", "save",
     "signed_to_unsigned", "unpack", "unpack_bits",
 ]
