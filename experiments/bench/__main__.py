@@ -4,6 +4,8 @@
     python -m experiments.bench --sizes 512 1024 --repeats 3 --peers torch
     python -m experiments.bench --sizes 64 128 --repeats 1 --peers none --sweep-sizes 128 \
         --theory-n 128 --check-n 64 --out /tmp/bench
+    python -m experiments.bench --only intmm     # INT8 / INT4 matmuls (figures/intmm.*)
+    python -m experiments.bench --only intmm --shapes 384x384 --batches 1 16 --repeats 3
 """
 
 from __future__ import annotations
@@ -14,17 +16,31 @@ import logging
 import shlex
 import sys
 
-from experiments.bench import core, report
+from experiments.bench import core, intmm, report
+
+
+def _shape(text: str) -> tuple[int, int]:
+    N, n = text.lower().split("x")
+    return int(N), int(n)
 
 
 def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
     d = core.Options()
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["gptq", "intmm"], default="gptq",
+                   help="gptq: the quantization benchmark (figures/bench*); intmm: INT8/INT4 "
+                        "weight matmuls against float32 (figures/intmm*)")
+    p.add_argument("--shapes", type=_shape, nargs="+", default=list(intmm.SHAPES),
+                   help="intmm: layer shapes NxN_out, e.g. 384x1536")
+    p.add_argument("--batches", type=int, nargs="+", default=list(intmm.BATCHES),
+                   help="intmm: rows m of X")
     p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="values of N")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls after warm-up")
-    p.add_argument("--min-time", type=float, default=d.min_time,
-                   help="repeat fast calls until their runs add up to this many seconds")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"timed calls after warm-up ({d.repeats}; intmm {intmm.Options.repeats})")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="repeat fast calls until their runs add up to this many seconds "
+                        f"({d.min_time:g}; intmm {intmm.Options.min_time:g})")
     p.add_argument("--peers", nargs="+", default=list(d.peers), choices=["torch", "qwix", "none"])
     p.add_argument("--qwix-max-n", type=int, default=d.qwix_max_n)
     p.add_argument("--qwix-repeats", type=int, default=d.qwix_repeats)
@@ -44,7 +60,8 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
                    help="measure nothing: re-derive and rewrite the outputs of a saved run")
     a = p.parse_args(argv)
     opt = core.Options(
-        sizes=tuple(a.sizes), repeats=a.repeats, min_time=a.min_time,
+        sizes=tuple(a.sizes), repeats=d.repeats if a.repeats is None else a.repeats,
+        min_time=d.min_time if a.min_time is None else a.min_time,
         peers=tuple(x for x in a.peers if x != "none"), qwix_max_n=a.qwix_max_n,
         qwix_repeats=a.qwix_repeats, qwix_budget_s=a.qwix_budget, bits=a.bits,
         block_size=a.block_size, sweep_sizes=tuple(a.sweep_sizes),
@@ -60,6 +77,17 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = ("python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)).strip()
     note = a.note
+    if a.only == "intmm":
+        d = intmm.Options()
+        iopt = intmm.Options(shapes=tuple(a.shapes), batches=tuple(a.batches),
+                             repeats=d.repeats if a.repeats is None else a.repeats,
+                             min_time=d.min_time if a.min_time is None else a.min_time,
+                             seed=a.seed)
+        res = intmm.run(iopt, progress=lambda msg: print(msg, flush=True))
+        paths = intmm.write(res, a.out, command)
+        print(intmm.markdown(res, command))
+        print("wrote " + ", ".join(paths))
+        return 0
     if a.report_only:
         with open(a.report_only) as f:
             res = json.load(f)

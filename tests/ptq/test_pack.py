@@ -134,6 +134,22 @@ def test_zero_point_zero_is_refused_in_v1_and_stored_in_v2():
     np.testing.assert_array_equal(pk.unpack(layer).zeros, zeros)
 
 
+def test_convert_between_v1_and_v2():
+    codes, scales, zeros, g_idx = random_layer(np.random.default_rng(7), 64, 32, 2, 3)
+    zeros = np.minimum(zeros, 7)  # v2 stores 0 .. 2^b - 1
+    v1 = pk.pack(codes, scales, zeros, g_idx, bits=3)
+    v2 = pk.convert(v1, "gptq_v2")
+    assert v2.format == "gptq_v2" and not np.array_equal(v2.qzeros, v1.qzeros)
+    np.testing.assert_array_equal(v2.qweight, v1.qweight)
+    back = pk.convert(v2, "gptq")
+    for field in pk.TENSORS:
+        np.testing.assert_array_equal(getattr(back, field), getattr(v1, field))
+    zeros[0, 3] = 0
+    with pytest.raises(ValueError, match="'q': group 0, neuron 3 has zero point 0"):
+        pk.convert(pk.pack(codes, scales, zeros, g_idx, bits=3, format="gptq_v2"), "gptq",
+                   name="q")
+
+
 # ---------------------------------------------------------------------------------- grids
 class FakeGrid(NamedTuple):  # what from_grid reads of a ptq.Grid (duck-typed, NumPy)
     step: np.ndarray
