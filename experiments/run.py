@@ -8,21 +8,25 @@
 validates the config (a bad value raises before anything is written), skips the run if an
 ``ok`` record with the same config already exists, and otherwise writes a record, an
 ``error`` record with the traceback when the algorithm or a bound fails, so that a sweep goes
-on. The library calls get plain keyword arguments, never a DictConfig.
+on; a run stopped by the batch system's time-limit signal is an ``error`` record too
+(`SchedulerStop`). The library calls get plain keyword arguments, never a DictConfig.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import numpy as np
@@ -218,6 +222,41 @@ def compute(spec: schema.Config, layer: data.Layer) -> dict[str, Any]:
     }
 
 
+class SchedulerStop(BaseException):
+    """The batch system stopped the run before it finished (SLURM's time-limit warning).
+
+    submitit asks SLURM for SIGUSR2 ``signal_delay_s`` before the time limit and answers it by
+    requeueing the job (SystemExit) or, when no requeue is left, by raising UncompletedJobError
+    wherever the run happens to be. That exception is an Exception: code that records its own
+    failures (each bound in `experiments.bounds`, the shared factorisation) would take it for a
+    failed computation and carry on, leaving an ``ok`` record made after the stop. Raised instead
+    of it, a BaseException (like KeyboardInterrupt) passes every ``except Exception`` up to
+    `run`, which records the run as an error, so that the next sweep runs it again.
+    """
+
+
+@contextlib.contextmanager
+def _stop_on_scheduler_signal() -> Iterator[None]:
+    """While computing, turn an exception raised by the SIGUSR2 handler (submitit's, under
+    SLURM) into `SchedulerStop`. Without a Python-level handler (local runs) nothing changes."""
+    previous = signal.getsignal(signal.SIGUSR2)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        try:
+            previous(signum, frame)  # submitit: requeue and exit, or raise
+        except Exception as exc:
+            raise SchedulerStop(f"{type(exc).__name__}: {exc}") from exc
+
+    signal.signal(signal.SIGUSR2, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, skip if recorded, else compute and write one record; returns the record.
 
@@ -243,8 +282,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     jax.config.update("jax_enable_x64", spec.precision == schema.Precision.float64)
     t0 = time.perf_counter()
     try:
-        record.update(compute(spec, layer), status="ok")
-    except Exception as exc:  # the sweep goes on; the record keeps the traceback
+        with _stop_on_scheduler_signal():
+            record.update(compute(spec, layer), status="ok")
+    except (Exception, SchedulerStop) as exc:  # the sweep goes on; the record keeps the traceback
         log.error("run %s failed: %s: %s", os.path.basename(path), type(exc).__name__, exc)
         record.update(status="error", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
