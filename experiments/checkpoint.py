@@ -26,10 +26,12 @@ in-memory quantized model's codes on its steps rounded to float16 (`stored_weigh
 the in-memory model with float32 steps, each weight differs by its scale's float16 rounding
 (relative <= 2^-11; the run prints the measured maximum and the held-out scores of both).
 
-Group-wise grids flow through unchanged: a grid whose step is (N, n) (one row per input feature,
-the step of its group) is compressed to its (G, n) table with ``g_idx`` = ``j // group_size``
-(natural order or static groups) or ``order^-1(j) // group_size`` (act_order: groups of
-consecutive processed features), once `experiments.quantize_model.Options` has ``group_size``.
+Group-wise grids flow through unchanged: the realised grid (``result.grid``, step (N, n), one
+row per input feature, the step of its group) is compressed to its (G, n) table with
+``result.g_idx``, or where a result has none, ``j // group_size`` (natural order or static
+groups) or ``order^-1(j) // group_size`` (act_order: groups of consecutive processed
+features); group_size and static_groups of quantize_config.json come from the `ptq.GroupGrid`
+recipe (or the driver's options), desc_act from the order.
 
 Sizes: the dense float32 and float16 files of the same model (same names, linear weights in
 PyTorch's (out, in) layout) are written once per model next to the checkpoints, and the table
@@ -132,24 +134,43 @@ def dense_tensors(model, params, dtype) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ collecting
+def realised_grid(ctx):
+    """The grid a layer was quantized on: ``result.grid`` where the algorithm reports it (a
+    `ptq.GroupGrid` recipe is fitted inside the algorithm), else the driver's ``ctx.grid``."""
+    grid = getattr(ctx.result, "grid", None)
+    return ctx.grid if grid is None else grid
+
+
 def group_index(ctx) -> np.ndarray | None:
-    """g_idx of a layer whose grid is per feature (N, n); None for per-neuron or -layer grids.
+    """g_idx of a layer: ``result.g_idx`` where the algorithm reports it; None for per-neuron
+    or per-layer grids; else derived for a per-feature (N, n) grid from ``group_size``.
 
     GPTQ's groups are ``group_size`` consecutive features in natural order (no act_order, or
     static groups), else in processing order: feature ``order[t]`` is in group t // group_size.
     """
-    if np.ndim(ctx.grid.step) < 2:
+    g = getattr(ctx.result, "g_idx", None)
+    if g is not None:
+        return np.asarray(g, np.int32)
+    if np.ndim(realised_grid(ctx).step) < 2:
         return None
-    gs = getattr(ctx.options, "group_size", None)
-    if gs is None or gs == -1:
-        raise ValueError(f"layer {ctx.name!r}: a per-feature grid needs Options.group_size")
+    gs, static = _groups(ctx)
+    if gs is None:
+        raise ValueError(f"layer {ctx.name!r}: a per-feature grid needs a group size")
     N = ctx.W.shape[0]
     order = getattr(ctx.result, "order", None)
-    if order is None or getattr(ctx.options, "static_groups", False):
+    if order is None or static:
         return pk.group_index(N, gs)
     g = np.empty(N, np.int32)
     g[np.asarray(order)] = np.arange(N) // gs
     return g
+
+
+def _groups(ctx) -> tuple[int | None, bool]:
+    """(group_size or None, static_groups), from a `ptq.GroupGrid` recipe or the options."""
+    src = ctx.grid if hasattr(ctx.grid, "group_size") else ctx.options
+    gs = getattr(src, "group_size", None)
+    static = getattr(src, "static", getattr(src, "static_groups", False))
+    return (None if gs in (None, -1) else int(gs)), bool(static)
 
 
 class Collector:
@@ -161,11 +182,12 @@ class Collector:
 
     def __init__(self):
         self.v2: dict[str, pk.PackedLayer] = {}
-        self.bits_sym: set[tuple[int, bool]] = set()
+        self.kinds: set[tuple[int, bool, int | None, bool]] = set()  # bits, sym, groups
 
     def __call__(self, ctx) -> None:
-        self.bits_sym.add(pk.grid_bits(ctx.grid))
-        self.v2[ctx.name] = pk.from_grid(np.asarray(ctx.result.codes), ctx.grid,
+        grid = realised_grid(ctx)
+        self.kinds.add(pk.grid_bits(grid) + _groups(ctx))
+        self.v2[ctx.name] = pk.from_grid(np.asarray(ctx.result.codes), grid,
                                          g_idx=group_index(ctx), name=ctx.name,
                                          format="gptq_v2")
 
@@ -190,21 +212,21 @@ class Collector:
 
     def config(self, options, format: str) -> pk.QuantizeConfig:
         """The `ptq.pack.QuantizeConfig` of the collected layers and the driver's options."""
-        if len(self.bits_sym) != 1:
-            raise ValueError(f"the layers mix bit-widths or grid kinds: {sorted(self.bits_sym)}")
-        ((bits, sym),) = self.bits_sym
-        gs = getattr(options, "group_size", None)
+        if len(self.kinds) != 1:
+            raise ValueError("the layers mix bit-widths, grid kinds or groups: "
+                             f"{sorted(self.kinds, key=str)}")
+        ((bits, sym, gs, static),) = self.kinds
         return pk.QuantizeConfig(
-            bits=bits, group_size=-1 if gs in (None, -1) else int(gs),
-            desc_act=options.order != "natural", sym=sym,
-            static_groups=bool(getattr(options, "static_groups", False)),
+            bits=bits, group_size=-1 if gs is None else gs,
+            desc_act=options.order != "natural", sym=sym, static_groups=static,
             damp_percent=0.01 if options.percdamp is None else float(options.percdamp),
             checkpoint_format=format)
 
 
 def stored_weights(codes, grid) -> np.ndarray:
-    """What a checkpoint of ``codes`` on ``grid`` dequantizes to, computed from the grid:
-    ``float32(fp16(step)) * (codes - zero)`` (the float32 weight the JAX forward runs)."""
+    """What a checkpoint of ``codes`` on ``grid`` (a realised `ptq.Grid`, `realised_grid`)
+    dequantizes to, computed from the grid: ``float32(fp16(step)) * (codes - zero)`` (the
+    float32 weight the JAX forward runs)."""
     s = np.asarray(grid.step).astype(np.float16).astype(np.float32)
     return s * (np.asarray(codes) - np.asarray(grid.zero)).astype(np.float32)
 
@@ -366,6 +388,7 @@ def run(name: str = "minilm", bits=(4,), group_sizes=(None,), algorithm: str = "
             in_memory = score(name, q.params, heldout=heldout)
             packed = sum(sum(getattr(lyr, t).nbytes for t in pk.TENSORS)
                          for lyr in layers.values())
+            dense_linear = sum(4 * lyr.shape[0] * lyr.shape[1] for lyr in layers.values())
             for dtype in dtypes:
                 folder = Path(out) / (f"{name}-{algorithm}-{grid[:4]}-{b}b-g{config.group_size}"
                                       f"-{dtype}")
@@ -379,6 +402,8 @@ def run(name: str = "minilm", bits=(4,), group_sizes=(None,), algorithm: str = "
                     "reduction_vs_float32_pct": 100 * (1 - size / fp["float32"]),
                     "reduction_vs_float16_pct": 100 * (1 - size / fp["float16"]),
                     "seed_claim_pct": SEED_CLAIM, "packed_linear_bytes": packed,
+                    "float32_linear_bytes": dense_linear,
+                    "linear_reduction_vs_float32_pct": 100 * (1 - packed / dense_linear),
                     "other_bytes": size - packed,
                     "zero_points_zero": sum(q.collector.zero_points_zero().values()),
                     "metric": "heldout_cosine" if name == "minilm" else "perplexity",
@@ -396,6 +421,7 @@ COLUMNS = [("bits", "bits"), ("group_size", "group"), ("format", "format"),
            ("bytes", "file [MB]"), ("float32_bytes", "float32 [MB]"),
            ("float16_bytes", "float16 [MB]"), ("reduction_vs_float32_pct", "vs float32 [%]"),
            ("reduction_vs_float16_pct", "vs float16 [%]"), ("seed_claim_pct", "seed 002 [%]"),
+           ("linear_reduction_vs_float32_pct", "linear layers vs float32 [%]"),
            ("in_memory", "in memory"), ("reloaded", "reloaded"),
            ("max_weight_rel_change", "max weight change")]
 
@@ -451,8 +477,8 @@ def main(argv=None) -> int:
 
 
 __all__ = ["Collector", "Quantized", "dense_sizes", "dense_tensors", "file_size", "group_index",
-           "load_model", "main", "quantize", "run", "save_model", "score", "stored_weights",
-           "tensor_name"]
+           "load_model", "main", "quantize", "realised_grid", "run", "save_model", "score",
+           "stored_weights", "tensor_name"]
 
 if __name__ == "__main__":
     sys.exit(main())

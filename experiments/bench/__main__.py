@@ -37,10 +37,12 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
                    help="intmm: rows m of X")
     p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="values of N")
     p.add_argument("--repeats", type=int, default=None,
-                   help=f"timed calls after warm-up ({d.repeats}; intmm {intmm.Options.repeats})")
+                   help=f"timed calls after warm-up ({d.repeats}); intmm: rounds "
+                        f"({intmm.Options.repeats})")
     p.add_argument("--min-time", type=float, default=None,
                    help="repeat fast calls until their runs add up to this many seconds "
-                        f"({d.min_time:g}; intmm {intmm.Options.min_time:g})")
+                        f"({d.min_time:g}); intmm: seconds per timed chunk "
+                        f"({intmm.Options.min_time:g})")
     p.add_argument("--peers", nargs="+", default=list(d.peers), choices=["torch", "qwix", "none"])
     p.add_argument("--qwix-max-n", type=int, default=d.qwix_max_n)
     p.add_argument("--qwix-repeats", type=int, default=d.qwix_repeats)

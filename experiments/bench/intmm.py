@@ -4,8 +4,9 @@
     python -m experiments.bench --only intmm --shapes 384x384 --batches 1 16 --repeats 3
 
 One layer ``y = X @ W``, X (m, N) float32 activations (m = batch of tokens), W (N, n). Per
-shape and batch, in one process, each variant is jitted once and timed (median of repeated
-calls, `timing.time_call`), the float32 baseline in the same run:
+shape and batch, in one process, each variant is jitted once and timed in rounds, the variants
+and the float32 baseline taking turns within each round (`interleaved`), so all of them see the
+same load of a shared machine; the median over the rounds is reported:
 
 * ``float32``: ``jnp.dot(X, W)`` at precision HIGHEST (true float32 on every backend).
 * ``int8_dot``: the XLA int8 dot alone, ``Xq @ Wq`` with int8 operands and int32 accumulation
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -59,8 +61,8 @@ _DIMS = (((1,), (0,)), ((), ()))  # contract X's axis 1 with W's axis 0
 class Options:
     shapes: tuple[tuple[int, int], ...] = SHAPES
     batches: tuple[int, ...] = BATCHES
-    repeats: int = 5  # timed calls after the warm-up (at least)
-    min_time: float = 0.1  # more calls while they add up to less than this [s]
+    repeats: int = 41  # rounds: each variant timed once per round, in turn (medians reported)
+    min_time: float = 0.005  # seconds per timed chunk (fast calls repeated within it)
     seed: int = 0
 
 
@@ -142,13 +144,14 @@ def measure(N: int, n: int, m: int, opt: Options) -> list[dict]:
                       N * n // 2),
     }
     y32 = np.asarray(f32(d["X"], d["W"]), np.float64)
+    times = interleaved({k: fn for k, (fn, _) in calls.items()}, opt.repeats, opt.min_time)
     rows = []
     for name, (fn, nbytes) in calls.items():
-        t = timing.time_call(fn, opt.repeats, min_time=opt.min_time)
         y = np.asarray(fn(), np.float64)
+        t = times[name]
         rows.append({"model": MODEL_OF.get((N, n), "-"), "N": N, "n": n, "batch": m,
-                     "variant": name, "median_s": t.median, "best_s": t.best,
-                     "calls": len(t.runs), "weight_bytes": nbytes,
+                     "variant": name, "median_s": float(np.median(t)), "best_s": min(t),
+                     "rounds": len(t), "weight_bytes": nbytes,
                      "rel_diff": float(np.linalg.norm(y - y32) / np.linalg.norm(y32))})
     base = rows[0]["median_s"]
     for r in rows:
@@ -156,6 +159,30 @@ def measure(N: int, n: int, m: int, opt: Options) -> list[dict]:
         r["time_saved_pct"] = 100 * (1 - r["median_s"] / base)
         r["gflops"] = 2 * m * N * n / r["median_s"] / 1e9
     return rows
+
+
+def interleaved(fns: dict, rounds: int, chunk_s: float) -> dict[str, list[float]]:
+    """Per-call seconds of each function over ``rounds`` rounds, the functions taking turns
+    within a round, so that every variant and the float32 baseline see the same load of a
+    shared machine. Each function is called once first (compilation), and each timed chunk
+    repeats it ``k`` times with ``k`` chosen so that a chunk lasts about ``chunk_s``."""
+    reps = {}
+    for name, fn in fns.items():
+        jax.block_until_ready(fn())
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        reps[name] = max(1, int(chunk_s / max(time.perf_counter() - t0, 1e-7)))
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
+            fn, k = fns[name], reps[name]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                y = fn()
+            jax.block_until_ready(y)
+            out[name].append((time.perf_counter() - t0) / k)
+    return out
 
 
 def check_unpack(opt: Options) -> None:
@@ -223,7 +250,7 @@ def figure(res: dict, out_dir: str) -> list[str]:
 
     df = pd.DataFrame(res["rows"])
     batches = sorted(df.batch.unique())
-    fig, axes = style.figure(ncols=len(batches), width=3.2, height=2.9, sharey=True)
+    fig, axes = style.figure(ncols=len(batches), width=3.2, height=3.3, sharey=True)
     shapes = list(dict.fromkeys(zip(df.N, df.n)))
     colors = {"int8_dot": "#1f77b4", "int8": "#17becf", "int4": "#d62728", "int4_int8": "#ff7f0e"}
     labels = {"int8_dot": "INT8 dot (int8 X)", "int8": "INT8 (quantize X + dot)",
@@ -245,7 +272,8 @@ def figure(res: dict, out_dir: str) -> list[str]:
         ax.set_title(f"batch m = {m}")
         ax.grid(True, axis="y", which="both", alpha=0.3)
     axes[0].set_ylabel("speedup over float32 (median)")
-    axes[-1].legend(fontsize=6, loc="upper right")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=3, fontsize=7)
     fig.suptitle(f"y = X W, W (N x n), {res['env']['device']}", fontsize=8)
     return style.save(fig, "intmm", df, out_dir)
 

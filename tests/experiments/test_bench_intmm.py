@@ -13,7 +13,7 @@ from experiments.bench import intmm
 from experiments.bench.__main__ import main
 from ptq.pack import pack_bits
 
-COLUMNS = ["model", "N", "n", "batch", "variant", "median_s", "best_s", "calls", "weight_bytes",
+COLUMNS = ["model", "N", "n", "batch", "variant", "median_s", "best_s", "rounds", "weight_bytes",
            "rel_diff", "speedup", "time_saved_pct", "gflops"]
 
 

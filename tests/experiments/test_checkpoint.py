@@ -40,7 +40,7 @@ def quantize_keeping(name, options, **kw):
     stored = {}
 
     def keep(ctx):
-        stored[ctx.name] = ck.stored_weights(ctx.result.codes, ctx.grid)
+        stored[ctx.name] = ck.stored_weights(ctx.result.codes, ck.realised_grid(ctx))
 
     return ck.quantize(name, options, on_layer=keep, **kw), stored
 

@@ -217,6 +217,29 @@ def test_optq_result_end_to_end(float32):
     assert np.all(W_hat[~nz] == 0)
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_group_wise_optq_end_to_end(float32, static):
+    """Groups of 32 with act_order: the result's realised grid and g_idx pack, unpack to its
+    codes and group tables, and dequantize to its Q (runs once ptq has group-wise grids)."""
+    if not hasattr(ptq, "GroupGrid"):
+        pytest.skip("ptq.GroupGrid (group-wise grids) is not in ptq yet")
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((256, 96)).astype(np.float32)
+    W = rng.standard_normal((96, 32)).astype(np.float32)
+    res = ptq.optq(X, W, ptq.GroupGrid(4, "asymmetric", 32, static=static),
+                   order="decreasing_norm")
+    layer = pk.from_grid(res.codes, res.grid, g_idx=res.g_idx)
+    u = pk.unpack(layer)
+    assert layer.scales.shape == (3, 32)
+    np.testing.assert_array_equal(u.codes, np.asarray(res.codes))
+    np.testing.assert_array_equal(u.zeros, np.asarray(res.zeros))
+    np.testing.assert_array_equal(u.g_idx, np.asarray(res.g_idx))
+    np.testing.assert_array_equal(layer.scales, np.asarray(res.scales).astype(np.float16))
+    Q = np.asarray(res.Q)
+    nz = Q != 0
+    assert np.max(np.abs(pk.dequantize(layer)[nz] - Q[nz]) / np.abs(Q[nz])) <= REL_TOL
+
+
 def test_infinite_grid_is_refused():
     with pytest.raises(ValueError, match="infinite alphabet"):
         pk.from_grid(np.zeros((32, 32), int), FakeGrid(np.ones(32), np.zeros(32), -np.inf,
