@@ -1,13 +1,16 @@
 """provable-ptq theory: closed-form error bounds for OPTQ, stochastic OPTQ and Qronos.
 
 NumPy/SciPy, float64; never imports JAX (it imports `ptq.options` only, for the one shared
-definition of orders and lam). Statements and proofs: theory/README.md. Public API::
+definition of orders and lam). Statements and proofs: theory/README.md. Every ``step`` is a
+scalar, one per neuron (n,) or one per weight (N, n) (a group-wise grid; rows in the
+original feature order), README section 7. Public API::
 
     residual_norms(X, ...)                       r_t and M (I3, I4)
     factorise(X, ...)                            the shared factor H = R R^T (Factors)
     optq_l2_bound(X, step, ...)                  B1
     optq_structural_bound(X, step, ...)          B2
     optq_weight_bound(X, W, step, ...)           B3 (and the K that prevents clipping)
+    no_clipping(W, weight_bound, step, ...)      B3/S3: can a (group-wise) grid clip?
     stochastic_l2_bound(X, step, ...)            S1
     stochastic_linf_bound(X, step, p=, ...)      S2
     stochastic_weight_bound(X, W, step, p=, ...) S3 (and K)
@@ -24,6 +27,7 @@ from theory.measure import OutputErrors, output_errors, tightness
 from theory.optq_bounds import (
     StructuralBound,
     WeightBound,
+    no_clipping,
     optq_l2_bound,
     optq_structural_bound,
     optq_weight_bound,
@@ -40,6 +44,7 @@ __all__ = [
     "WeightBound",
     "factorise",
     "lam_guidance",
+    "no_clipping",
     "optq_l2_bound",
     "optq_mismatch_l2_bound",
     "optq_structural_bound",

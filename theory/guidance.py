@@ -7,6 +7,11 @@ K levels, no clipping needs ``max_j (|w_j| + a delta c_j(lam)) <= K delta`` (``a
 stochastic rounding, which then holds with probability >= 1 - p). With the step free this
 gives the smallest admissible step ``delta(lam) = max_j |w_j| / (K - a c_j(lam))`` (feasible
 iff ``a c_j < K`` for all j), and the bound at lam is B1 at that step.
+
+A fixed step may vary per weight (a group-wise grid, (N, n)); then the condition is checked
+weight by weight against each weight's own step, ``|w_t| + deviation_t(lam) <= K delta_t``
+with B3's / S3's per-step deviation (theory/README.md section 7), and the bound is B1's
+per-step form.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from ptq import options
 from theory._factor import as_matrix, factorise, resolve, update_coefficients
+from theory._steps import check_steps, in_processing_order, per_neuron
 from theory.stochastic import check_p, hoeffding_factor
 
 log = logging.getLogger(__name__)
@@ -29,13 +35,14 @@ class LamGuidance(NamedTuple):
 
     lams: np.ndarray  # (L,) float64: the candidates (absolute lam)
     feasible: np.ndarray  # (L,) bool: the no-clipping condition can hold at this lam
-    step: np.ndarray  # (L, n): the step used (smallest admissible, or given); NaN if infeasible
+    step: np.ndarray  # (L, n), or (L, N, n) for a fixed (N, n) step: the step used (smallest
+    #   admissible, or given); NaN if infeasible
     bound: np.ndarray  # (L, n): B1/S1 per neuron at that step; NaN if infeasible
     total: np.ndarray  # (L,): sqrt(sum_n bound^2), bound on ||X (W - Q)||_F; NaN if infeasible
     growth: np.ndarray  # (L,): max_j a * c_j(lam), in units of delta (needs < K)
     index: int | None  # argmin of total over feasible lams; None if none is feasible
     lam: float | None  # lams[index]
-    best_step: np.ndarray | None  # (n,) step[index]
+    best_step: np.ndarray | None  # (n,) or (N, n): step[index]
     levels: int  # K
 
 
@@ -60,8 +67,10 @@ def lam_guidance(
       bits / levels: the symmetric grid, ``K = 2^(bits-1) - 1`` or ``K = levels`` (give one).
       lams: (L,) candidate absolute lams, > 0 (default: ``mean(diag(X^T X))`` times
         ``logspace(-6, 1, 36)``). Each costs one factorisation and one triangular inverse.
-      step: None (choose the smallest admissible step per lam) or a fixed step, scalar or (n,)
-        (then only feasibility varies and the smallest feasible lam wins).
+      step: None (choose the smallest admissible step per lam) or a fixed step, a scalar, (n,)
+        or (N, n) (one per weight, rows in the original feature order: a group-wise grid,
+        checked weight by weight); then only feasibility varies and the smallest feasible lam
+        wins (B1 is non-decreasing in lam for any fixed steps).
       rounding: "nearest" (B1 with B3) or "stochastic" (S1 with S3 at failure probability p).
       per: with ``step=None``, one step per neuron or one for the layer.
       order, order_seed: as `ptq.optq`.
@@ -83,14 +92,19 @@ def lam_guidance(
     lams = np.asarray(lams, dtype=np.float64)
     if lams.ndim != 1 or lams.size == 0 or not np.all(np.isfinite(lams) & (lams > 0)):
         raise ValueError(f"`lams` must be a non-empty 1-D array of finite values > 0; got {lams!r}")
-    fixed = None if step is None else options.check_step(step, n)
+    fixed = None if step is None else check_steps(step, N, n)
     a = 0.5 if rounding == "nearest" else hoeffding_factor(N * N, check_p(p))
 
     live = sq[perm] > 0
     Wp = np.where(live[:, None], W[perm], 0.0)
     absW = np.abs(Wp)
     L = lams.size
-    steps = np.full((L, n), np.nan)
+    per_weight = fixed is not None and fixed.per_weight
+    if fixed is not None and not per_weight:
+        fixed_n = per_neuron(fixed, n)
+    if per_weight:
+        D = in_processing_order(fixed, perm)
+    steps = np.full((L, N, n) if per_weight else (L, n), np.nan)
     bounds = np.full((L, n), np.nan)
     growth_max = np.zeros(L)
     feasible = np.zeros(L, bool)
@@ -107,13 +121,23 @@ def lam_guidance(
             d = np.where(d > 0, d, 1.0 / K)  # an all-zero neuron: any step; Grid.fit's choice
             if per == "layer":
                 d = np.full(n, d.max())
+            bound = 0.5 * d * np.sqrt(np.sum(f.r[live] ** 2))
+        elif per_weight:
+            # each weight against its own step; B3: (1/2) sum_{s<j} D_s |V_sj|,
+            # S3: kappa sqrt(sum_{s<j} D_s^2 V_sj^2) (README section 7)
+            dev = a * (np.abs(off).T @ D if rounding == "nearest" else np.sqrt((off**2).T @ D**2))
+            if np.any(absW + dev > K * D):
+                continue
+            d = fixed.value
+            bound = 0.5 * np.sqrt(np.where(live, f.r**2, 0.0) @ D**2)
         else:
-            d = fixed
+            d = fixed_n
             if np.any((absW + a * c[:, None] * d[None, :]).max(axis=0) > K * d):
                 continue
+            bound = 0.5 * d * np.sqrt(np.sum(f.r[live] ** 2))
         feasible[i] = True
         steps[i] = d
-        bounds[i] = 0.5 * d * np.sqrt(np.sum(f.r[live] ** 2))
+        bounds[i] = bound
     total = np.sqrt(np.sum(bounds**2, axis=1))
     if not feasible.any():
         log.warning("lam_guidance: no candidate lam satisfies the no-clipping condition "

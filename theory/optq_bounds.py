@@ -1,7 +1,11 @@
 """Bounds for deterministic OPTQ: B1 (data-dependent), B2 (structural), B3 (weight growth).
 
 All assume no clipping (the infinite alphabet ``delta * Z``, or a finite one with enough
-levels: B3 says how many). Proofs in theory/README.md.
+levels: B3 says how many, and :func:`no_clipping` checks a group-wise grid with shifted
+ranges). ``step`` is a scalar, one per neuron (n,) or one per weight (N, n) (a group-wise
+grid, rows in the original feature order); with an (N, n) step, ``delta_t`` below is the
+step of the weight rounded at step t, ``step[order[t]]``. Proofs in theory/README.md
+(sections 3 and 7).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import scipy.linalg
 
 from ptq import options
 from theory._factor import Factors, as_matrix, get_factors, resolve, update_coefficients
+from theory._steps import Steps, check_steps, in_processing_order, per_neuron, shape_out
 
 
 class StructuralBound(NamedTuple):
@@ -29,27 +34,21 @@ class WeightBound(NamedTuple):
     """What :func:`optq_weight_bound` and `stochastic_weight_bound` return."""
 
     bound: np.ndarray  # (n,): bound on max_{t,j} |w_j(t)| (B3 / S3, per neuron)
-    levels: np.ndarray  # (n,) int64: K = ceil(bound / delta); a grid with >= K levels never clips
-    growth: np.ndarray  # (N,) processing order: c_j (B3: sum_{s<j} |V_sj|; S3: sqrt(sum V_sj^2))
+    levels: np.ndarray  # (n,) int64: K = ceil(max_t b_t / delta_t) (b_t = |w_t| + deviation_t);
+    #   a symmetric grid with >= K levels (in every group) never clips
+    growth: np.ndarray  # (N,) processing order: c_j per unit step (B3: sum_{s<j} |V_sj|;
+    #   S3: sqrt(sum_{s<j} V_sj^2)); independent of the step
     update_norm: np.ndarray  # (N,) processing order: ||Xa_{>t}^+ Xa_t||_2 (row norms of V)
     update_norm_cap: np.ndarray  # (N,): ||X_t|| / (2 sqrt(lam)) >= update_norm (inf if lam = 0)
     order: np.ndarray  # (N,) int64
     lam: float
+    deviation: np.ndarray  # (N, n) processing order: bound on |w_j(t) - w_j| over t (B3:
+    #   (1/2) sum_{s<j} delta_s |V_sj|; S3: kappa sqrt(sum_{s<j} delta_s^2 V_sj^2))
 
 
-def _step(step, n: int | None) -> tuple[np.ndarray, bool]:
-    """step as float64 (n,) (or (1,) when n is None and step scalar); flag: was scalar."""
-    scalar = np.ndim(step) == 0
-    if n is None:
-        n = 1 if scalar else int(np.shape(step)[0]) if np.ndim(step) == 1 else -1
-        if n < 0:
-            raise ValueError(
-                f"`step` must be a scalar or have shape (n,); got shape {np.shape(step)}")
-    return options.check_step(step, n), scalar
-
-
-def _shape_out(values: np.ndarray, scalar: bool):
-    return values[0] if scalar and values.shape == (1,) else values
+def neuron_steps(steps: Steps) -> np.ndarray:
+    """A scalar or (n,) step as (n,) float64 ((1,) for a scalar): the unchanged code paths."""
+    return per_neuron(steps, 1 if steps.scalar else steps.n)
 
 
 def check_r(r, N: int) -> np.ndarray:
@@ -74,6 +73,24 @@ def live_r_sq_sum(X, r, factors, lam, percdamp, order, order_seed) -> tuple[floa
     return float(np.sum(f.r[f.live] ** 2)), f
 
 
+def live_r_sq(X, r, factors, lam, percdamp, order, order_seed) -> tuple[np.ndarray, np.ndarray]:
+    """``(r_t^2 with 0 on dead features, order)``, processing order: the weights of the
+    per-step sums ``sum_t delta_t^2 r_t^2`` of an (N, n) step (README section 7)."""
+    if r is not None and factors is not None:
+        raise ValueError("give at most one of `r` and `factors`")
+    if r is not None:
+        perm, _, sq = resolve(X, lam, percdamp, order, order_seed)
+        r = check_r(r, X.shape[1])
+        return np.where(sq[perm] > 0, r**2, 0.0), perm
+    f = get_factors(X, factors, lam, percdamp, order, order_seed)
+    return np.where(f.live, f.r**2, 0.0), f.order
+
+
+def weighted_root(D: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``sqrt(sum_t D_tk^2 c_t)`` per neuron k: D (N, n) steps in processing order, c (N,)."""
+    return np.sqrt(c @ D**2)
+
+
 def optq_l2_bound(
     X,
     step,
@@ -90,21 +107,29 @@ def optq_l2_bound(
     From I2, ``||Xa (w - q)||^2 = sum_t e_t^2 r_t^2`` with ``|e_t| <= delta/2`` (round to
     nearest, no clipping). The sum runs over live features (nonzero columns of X): OPTQ
     zeroes ``w_t`` on dead ones, so ``e_t = 0`` there. Also the Babai nearest-plane bound.
+    With a step per weight (a group-wise grid), ``|e_t| <= delta_t/2`` step by step and the
+    bound is ``(1/2) sqrt(sum_t delta_t^2 r_t^2)`` per neuron, ``delta_t = step[order[t]]``
+    (README section 7); it applies only while no weight is clipped by its group's range.
 
     Args:
-      X: (m, N) calibration inputs. step: delta, scalar or (n,) (one per neuron).
+      X: (m, N) calibration inputs. step: delta, a scalar, (n,) (one per neuron) or (N, n)
+        (one per weight, rows in the original feature order).
       lam, percdamp, order, order_seed: as `ptq.optq`.
       r: optional ``ptq.Result.r`` (processing order) of a run with the same arguments; then
         no factorisation is done (cost O(m N)).
       factors: optional precomputed `theory.Factors` (same arguments).
 
     Returns:
-      The bound, shaped like ``step`` (() or (n,)). It does not depend on w.
+      The bound: () for a scalar step, (n,) otherwise. It does not depend on w.
     """
     X = as_matrix("X", X)
-    s, scalar = _step(step, None)
+    st = check_steps(step, X.shape[1])
+    if st.per_weight:
+        r2, perm = live_r_sq(X, r, factors, lam, percdamp, order, order_seed)
+        return 0.5 * weighted_root(in_processing_order(st, perm), r2)
+    s = neuron_steps(st)
     total, _ = live_r_sq_sum(X, r, factors, lam, percdamp, order, order_seed)
-    return _shape_out(0.5 * s * np.sqrt(total), scalar)
+    return shape_out(0.5 * s * np.sqrt(total), st)
 
 
 def smallest_singular_values(Xp: np.ndarray, breakpoints: int | None = None) -> np.ndarray:
@@ -181,15 +206,21 @@ def optq_structural_bound(
     :func:`smallest_singular_values` (exact: O((N - m) m^3); ``breakpoints=k``:
     O(N m^2 + k m^3), using that s_t is monotone in t). Nothing to do when N <= m.
 
+    With a step per weight, ``(1/2) sqrt(sum_t delta_t^2 rbar_t^2)`` per neuron (README
+    section 7); the lam -> 0 limit is then smallest when features are processed in
+    decreasing ``delta_j ||X_j||`` (per neuron) rather than decreasing norm.
+
     Args:
-      X: (m, N). step: delta, scalar or (n,). lam, percdamp, order, order_seed: as `ptq.optq`.
+      X: (m, N). step: delta, a scalar, (n,) or (N, n) (rows in the original feature order).
+      lam, percdamp, order, order_seed: as `ptq.optq`.
       breakpoints: None (exact s_t) or the number of points s is evaluated at.
 
     Returns:
-      `StructuralBound` (bound shaped like ``step``, per-step ``rbar_t^2``, ``s_t``, order, lam).
+      `StructuralBound` (bound () for a scalar step, (n,) otherwise; per-step ``rbar_t^2``,
+      ``s_t``, order, lam).
     """
     X = as_matrix("X", X)
-    s, scalar = _step(step, None)
+    st = check_steps(step, X.shape[1])
     perm, lam, sq = resolve(X, lam, percdamp, order, order_seed)
     Xp = X[:, perm]
     sqp = sq[perm]
@@ -200,7 +231,11 @@ def optq_structural_bound(
     use = np.isfinite(span_form)
     rbar[use] = np.minimum(rbar[use], span_form[use])
     rbar[sqp == 0] = 0.0  # dead features: e_t = 0
-    return StructuralBound(_shape_out(0.5 * s * np.sqrt(rbar.sum()), scalar), rbar, sv, perm, lam)
+    if st.per_weight:
+        bound = 0.5 * weighted_root(in_processing_order(st, perm), rbar)
+    else:
+        bound = shape_out(0.5 * neuron_steps(st) * np.sqrt(rbar.sum()), st)
+    return StructuralBound(bound, rbar, sv, perm, lam)
 
 
 def weight_bound_from_growth(Wp: np.ndarray, growth: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -214,11 +249,12 @@ def levels_for(bound: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: str):
-    """Shared body of B3 (kind="l1") and S3 (kind="l2")."""
+    """Shared body of B3 (kind="l1") and S3 (kind="l2"): validated inputs and the
+    step-free quantities (``off`` = V without its unit diagonal, strictly upper)."""
     X = as_matrix("X", X)
     W = as_matrix("W", W)
     _, N, n = options.check_layer_shapes(X, W)
-    s = options.check_step(step, n)
+    st = check_steps(step, N, n)
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
     off = update_coefficients(f)
     np.fill_diagonal(off, 0.0)  # V is upper triangular: what is left are the entries s < j
@@ -230,7 +266,36 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
     with np.errstate(divide="ignore"):
         cap = np.sqrt(f.col_sq_norms) / (2.0 * np.sqrt(f.lam)) if f.lam > 0 else np.full(N, np.inf)
     Wp = np.where(f.live[:, None], W[f.order], 0.0)  # OPTQ zeroes dead features first
-    return f, Wp, s, growth, update_norm, cap
+    return f, Wp, st, off, growth, update_norm, cap
+
+
+def weight_result(f: Factors, Wp, st: Steps, off, growth, un, cap, kind: str,
+                  factor: float) -> WeightBound:
+    """B3 (kind="l1", factor 1/2) or S3 (kind="l2", factor kappa) from `weight_growth`.
+
+    Scalar or (n,) step: ``deviation_j = factor delta c_j`` and ``levels = ceil(bound/delta)``
+    (the forms of sections 3-4). (N, n) step, D = step[order] (README section 7):
+    B3 ``deviation_j = (1/2) sum_{s<j} D_s |V_sj|``, S3 ``kappa sqrt(sum_{s<j} D_s^2 V_sj^2)``,
+    and ``levels = ceil(max_t (|w_t| + deviation_t) / D_t)``: each rounded value against
+    the range of its own group.
+    """
+    n = Wp.shape[1]
+    if not st.per_weight:
+        s = per_neuron(st, n)
+        scale = factor * s
+        bound = weight_bound_from_growth(Wp, growth, scale)
+        deviation = growth[:, None] * scale[None, :]
+        levels = levels_for(bound, s)
+    else:
+        D = in_processing_order(st, f.order)
+        if kind == "l1":
+            deviation = factor * (np.abs(off).T @ D)
+        else:
+            deviation = factor * np.sqrt((off**2).T @ D**2)
+        reach = np.abs(Wp) + deviation  # bounds |z_t|, the value rounded at step t
+        bound = np.max(reach, axis=0)
+        levels = np.maximum(np.ceil(np.max(reach / D, axis=0)), 1).astype(np.int64)
+    return WeightBound(bound, levels, growth, un, cap, f.order, f.lam, deviation)
 
 
 def optq_weight_bound(
@@ -252,20 +317,81 @@ def optq_weight_bound(
     rounded leaves ``[-K delta, K delta]``, so a K-level symmetric grid never clips (by
     induction on t) and B1 holds for it: ``levels = ceil(bound / delta)``.
 
+    With a step per weight (group-wise grid, README section 7), ``|e_s| <= delta_s/2`` gives
+    ``|w_j(t) - w_j| <= deviation_j = (1/2) sum_{s<j} delta_s |V_sj|`` and
+    ``levels = ceil(max_t (|w_t| + deviation_t) / delta_t)``: the value rounded at step t
+    must fit the range of its own group, so the count is a maximum of ratios, not
+    bound / one step. For shifted (asymmetric) group ranges use :func:`no_clipping`.
+
     Each update is small when lam > 0: ``||Xa_{>t}^+ Xa_t||_2 <= ||X_t|| / (2 sqrt(lam))``
     (``update_norm`` <= ``update_norm_cap``); the growth shrinks like 1/sqrt(lam) while B1
     grows with lam (see `theory.lam_guidance`).
 
-    Cost: the factorisation plus one triangular inverse (N^3/3 flops): B3 needs entries of U.
+    Cost: the factorisation plus one triangular inverse (N^3/3 flops): B3 needs entries of U;
+    an (N, n) step adds one (N, N) x (N, n) product.
 
     Args:
-      X: (m, N). W: (N, n). step: scalar or (n,). Others as `ptq.optq`.
+      X: (m, N). W: (N, n). step: a scalar, (n,) or (N, n) (rows in the original feature
+        order). Others as `ptq.optq`.
 
     Returns:
       `WeightBound`; ``bound`` bounds ``ptq.Result.w_max`` (which covers only rounded values).
     """
-    f, Wp, s, growth, un, cap = weight_growth(
+    f, Wp, st, off, growth, un, cap = weight_growth(
         X, W, step, factors, lam, percdamp, order, order_seed, "l1"
     )
-    bound = weight_bound_from_growth(Wp, growth, 0.5 * s)
-    return WeightBound(bound, levels_for(bound, s), growth, un, cap, f.order, f.lam)
+    return weight_result(f, Wp, st, off, growth, un, cap, "l1", 0.5)
+
+
+def no_clipping(W, weight_bound: WeightBound, step, *, qmin, qmax, zero=0.0) -> np.ndarray:
+    r"""Whether B3 (or S3) guarantees that no rounding clips on a (group-wise) grid.
+
+    The grid of weight ``(j, k)`` is ``step_jk * (c - zero_jk)`` with integer codes
+    ``qmin <= c <= qmax`` (a symmetric K-level grid: ``zero = 0``, ``qmin = -K``,
+    ``qmax = K``; GPTQ's asymmetric b-bit grid: ``qmin = 0``, ``qmax = 2^b - 1`` and one zero
+    per group). Neuron k never clips if, for every step t,
+
+        (qmin - zero_t) delta_t <= w_t - deviation_t,
+        w_t + deviation_t <= (qmax - zero_t) delta_t,
+
+    because the value rounded at step t lies in ``[w_t - deviation_t, w_t + deviation_t]``
+    while nothing clipped before (induction, README section 7), and round to nearest (ties
+    up) as well as stochastic rounding map ``[kmin delta, kmax delta]`` into codes
+    ``kmin..kmax``. For `optq_weight_bound` the guarantee is certain; for
+    `stochastic_weight_bound` it holds on S3's event (probability >= 1 - p). It is a
+    sufficient condition: False means "may clip", not "clips".
+
+    Args:
+      W: (N, n) weights, original feature order: the weights OPTQ starts from
+        (``ptq.Result.W_start``, dead features zeroed); W itself is conservative on dead ones.
+      weight_bound: `WeightBound` from :func:`optq_weight_bound` or
+        `theory.stochastic_weight_bound` for the same W and step.
+      step, zero: scalars, (n,) or (N, n) (rows in the original feature order), as the grid.
+      qmin, qmax: the code range, scalars (``+-inf`` for an unbounded side).
+
+    Returns:
+      (n,) bool.
+    """
+    W = as_matrix("W", W)
+    N, n = W.shape
+    dev = np.asarray(weight_bound.deviation)
+    if dev.shape != (N, n) or np.shape(weight_bound.order) != (N,):
+        raise ValueError(
+            f"`weight_bound` must come from a weight bound of this W, deviation (N, n) = "
+            f"{(N, n)}; got {dev.shape}")
+    st = check_steps(step, N, n)
+    z = np.asarray(zero, dtype=np.float64)
+    if not (z.ndim == 0 or z.shape == (n,) or z.shape == (N, n)):
+        raise ValueError(f"`zero` must be a scalar, (n,) = ({n},) or (N, n) = {(N, n)}; "
+                         f"got shape {z.shape}")
+    lo_code, hi_code = float(qmin), float(qmax)
+    if not lo_code <= hi_code:
+        raise ValueError(f"`qmin` must be <= `qmax`; got {qmin!r} and {qmax!r}")
+    perm = np.asarray(weight_bound.order)
+    D = in_processing_order(st, perm, n)
+    Z = z[perm] if z.ndim == 2 else np.broadcast_to(z, (N, n))
+    Wp = W[perm]
+    with np.errstate(invalid="ignore"):  # inf code bounds times a step: +-inf, as meant
+        low = (lo_code - Z) * D
+        high = (hi_code - Z) * D
+    return np.all((Wp - dev >= low) & (Wp + dev <= high), axis=0)

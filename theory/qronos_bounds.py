@@ -10,7 +10,9 @@ target is ``y = X w``. With ``Xa = [X; sqrt(lam) I]``, ``Xha = [X_hat; sqrt(lam)
 * ``z_1 = w_1 + ((G - Hh) w)_1 / Hh_11``, the value the paper variant rounds at step 1.
 
 lam, percdamp and the norm orders refer to ``X_hat`` (the factorised matrix), as in
-`ptq.qronos`. Proofs in theory/README.md.
+`ptq.qronos`. ``step`` is a scalar, (n,) or (N, n) (one per weight, rows in the original
+feature order; step t uses ``delta_t = step[order[t]]``). Proofs in theory/README.md
+(sections 5 and 7).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import scipy.linalg
 
 from ptq import options
 from theory._factor import Factors, as_matrix, get_factors, rows_of_M
-from theory.stochastic import check_p, hoeffding_factor
+from theory._steps import check_steps, in_processing_order, per_neuron
+from theory.stochastic import check_p, hoeffding_factor, weighted_row_max
 
 Variant = options.Variant
 VARIANTS = options.VARIANTS
@@ -95,10 +98,12 @@ def qronos_l2_bound(
     ``||Xw - X_hat q||^2 + lam ||w - q||^2``. ``b_t = delta/2`` bounds ``|e_t|``, except for the
     paper variant at t = 1 where ``e_1 = wt_1 - Q(z_1)``, so ``b_1 = |wt_1 - z_1| + delta/2``.
     ``E_LS`` is a floor no quantizer (and no real re-fit) goes below. Round to nearest, no
-    clipping.
+    clipping. With a step per weight, ``b_t = delta_t/2``, ``delta_t = step[order[t]]``:
+    ``sqrt(E_LS^2 + (1/4) sum_t delta_t^2 rh_t^2 + (b_1^2 - delta_1^2/4) rh_1^2)`` (README 7).
 
     Args:
-      X, X_hat: (m, N). W: (N, n). step: scalar or (n,). variant: "paper" or "ls_first".
+      X, X_hat: (m, N). W: (N, n). step: a scalar, (n,) or (N, n) (rows in the original
+        feature order). variant: "paper" or "ls_first".
       Others as `ptq.qronos` (resolved from X_hat). factors: `theory.Factors` of X_hat.
 
     Returns:
@@ -106,13 +111,19 @@ def qronos_l2_bound(
     """
     options.check_variant(variant)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
-    n = ls.Wp.shape[1]
-    s = options.check_step(step, n)
+    N, n = ls.Wp.shape
+    st = check_steps(step, N, n)
     rh2 = ls.factors.r**2
-    total = ls.E_ls**2 + (s / 2) ** 2 * rh2.sum()
+    if st.per_weight:
+        D = in_processing_order(st, ls.factors.order)
+        s1 = D[0]  # the step of the first rounded weight
+        total = ls.E_ls**2 + 0.25 * (rh2 @ D**2)
+    else:
+        s1 = s = per_neuron(st, n)
+        total = ls.E_ls**2 + (s / 2) ** 2 * rh2.sum()
     if variant == "paper":
-        b1 = np.abs(ls.W_ls[0] - ls.z1) + s / 2
-        total = total + (b1**2 - (s / 2) ** 2) * rh2[0]
+        b1 = np.abs(ls.W_ls[0] - ls.z1) + s1 / 2
+        total = total + (b1**2 - (s1 / 2) ** 2) * rh2[0]
     return np.sqrt(total)
 
 
@@ -135,21 +146,29 @@ def optq_mismatch_l2_bound(
     when X_hat has no zero column) and the sum runs over live features. From
     ``ya - Xha q = (ya - Xha wt) + Xha (wt - w') + Xha (w' - q)``, the first term orthogonal
     to ``range(Xha)``, and B1 for the last. Qronos removes the middle, correctable term.
+    With a step per weight the last term is B1's per-step form,
+    ``(1/2) sqrt(sum_t delta_t^2 rh_t^2)`` (README section 7).
+
+    Args: as :func:`qronos_l2_bound` (no variant).
 
     Returns:
       (n,) the bound per neuron.
     """
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
     f = ls.factors
-    n = ls.Wp.shape[1]
-    s = options.check_step(step, n)
+    N, n = ls.Wp.shape
+    st = check_steps(step, N, n)
     Wz = np.where(f.live[:, None], ls.Wp, 0.0)
     D = ls.W_ls - Wz
     # ||Xha (wt - w')||; a dead feature with lam = 0 has (wt - w')_t = 0, so ptq's unit
     # diagonal convention adds nothing.
     XhD = ls.X_hat @ in_original_order(D, f.order)
     corr = np.sqrt(np.sum(XhD**2, axis=0) + f.lam * np.sum(D**2, axis=0))
-    quant = 0.5 * s * np.sqrt(np.sum(f.r[f.live] ** 2))
+    if st.per_weight:
+        D = in_processing_order(st, f.order)
+        quant = 0.5 * np.sqrt(np.where(f.live, f.r**2, 0.0) @ D**2)
+    else:
+        quant = 0.5 * per_neuron(st, n) * np.sqrt(np.sum(f.r[f.live] ** 2))
     return np.sqrt(ls.E_ls**2 + (corr + quant) ** 2)
 
 
@@ -175,6 +194,10 @@ def qronos_linf_bound(
     (THEORY.md's form). For "paper", ``e_1 = (wt_1 - z_1) + (z_1 - Qs(z_1))`` has mean
     ``wt_1 - z_1``, a deterministic offset that joins the centre:
     ``c = X w - X_hat wt + (wt_1 - z_1) Mh_1`` (THEORY.md's form omits it; see README).
+    With a step per weight (fixed before the run) the random part is
+    ``sqrt(log(2m/p)/2) max_i sqrt(sum_t delta_t^2 Mh_it^2)`` per neuron (README section 7).
+
+    Args: as :func:`qronos_l2_bound`, plus p, the failure probability in (0, 1).
 
     Returns:
       (n,) the bound per neuron.
@@ -183,11 +206,14 @@ def qronos_linf_bound(
     p = check_p(p)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
     m = ls.X.shape[0]
-    n = ls.Wp.shape[1]
-    s = options.check_step(step, n)
+    N, n = ls.Wp.shape
+    st = check_steps(step, N, n)
     MX = rows_of_M(ls.X_hat, ls.factors)
     centre = ls.residual
     if variant == "paper":
         centre = centre + MX[:, :1] * (ls.W_ls[0] - ls.z1)[None, :]
+    if st.per_weight:
+        D = in_processing_order(st, ls.factors.order)
+        return np.max(np.abs(centre), axis=0) + hoeffding_factor(m, p) * weighted_row_max(MX, D)
     row = np.sqrt(np.max(np.einsum("ij,ij->i", MX, MX)))
-    return np.max(np.abs(centre), axis=0) + s * hoeffding_factor(m, p) * row
+    return np.max(np.abs(centre), axis=0) + per_neuron(st, n) * hoeffding_factor(m, p) * row
