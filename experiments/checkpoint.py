@@ -1,12 +1,13 @@
 """Quantized real models as packed GPTQ checkpoints (`ptq.pack`), reloaded for the JAX forward.
 
     python -m experiments.checkpoint                        # MiniLM, OPTQ 4-bit per channel
-    python -m experiments.checkpoint --bits 2 3 4 8 --table figures/checkpoint_size.csv
+    python -m experiments.checkpoint --model minilm smollm2 --bits 2 3 4 8 \
+        --dtype float16 float32 --table figures/checkpoint_size.csv   # the committed table
     python -m experiments.checkpoint --model smollm2 --bits 4 --calib 4
 
 Each run quantizes every linear layer with the one sequential driver
 (`experiments.quantize_model`), collects each layer's codes and grid through its ``on_layer``
-hook, writes ``runs/checkpoints/<model>-<algorithm>-<b>b-g<group size>-<dtype>/``
+hook, writes ``runs/checkpoints/<model>-<algorithm>-<asym|symm>-<b>b-g<group size>-<dtype>/``
 (``model.safetensors`` + ``quantize_config.json``), reads it back into the adapter's parameters
 and scores both on held-out text (MiniLM: cosine of the sentence embeddings with the
 full-precision model; SmolLM2: perplexity).
@@ -416,7 +417,7 @@ def run(name: str = "minilm", bits=(4,), group_sizes=(None,), algorithm: str = "
     return rows
 
 
-COLUMNS = [("bits", "bits"), ("group_size", "group"), ("format", "format"),
+COLUMNS = [("model", "model"), ("bits", "bits"), ("group_size", "group"), ("format", "format"),
            ("other_dtype", "other tensors"),
            ("bytes", "file [MB]"), ("float32_bytes", "float32 [MB]"),
            ("float16_bytes", "float16 [MB]"), ("reduction_vs_float32_pct", "vs float32 [%]"),
@@ -442,7 +443,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.checkpoint", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="minilm", choices=["minilm", "smollm2"])
+    p.add_argument("--model", nargs="+", default=["minilm"], choices=["minilm", "smollm2"])
     p.add_argument("--algorithm", default="optq", choices=["rtn", "optq", "qronos"])
     p.add_argument("--bits", type=int, nargs="+", default=[4])
     p.add_argument("--group-size", type=int, nargs="+", default=[-1],
@@ -460,11 +461,13 @@ def main(argv=None) -> int:
                    help="held-out sequences (MiniLM, default 64) or windows (SmolLM2, 8)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    heldout = a.heldout or (64 if a.model == "minilm" else 8)
-    sizes = {"tokens": a.tokens} if a.model == "minilm" else {"calib": a.calib}
-    rows = run(a.model, a.bits, [None if g == -1 else g for g in a.group_size], a.algorithm,
-               grid=a.grid, format=a.format, dtypes=a.dtype, out=a.out, heldout=heldout,
-               **sizes)
+    rows = []
+    for model in a.model:
+        heldout = a.heldout or (64 if model == "minilm" else 8)
+        sizes = {"tokens": a.tokens} if model == "minilm" else {"calib": a.calib}
+        rows += run(model, a.bits, [None if g == -1 else g for g in a.group_size], a.algorithm,
+                    grid=a.grid, format=a.format, dtypes=a.dtype, out=a.out, heldout=heldout,
+                    **sizes)
     print(markdown(rows))
     if a.table:
         import pandas as pd

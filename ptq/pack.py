@@ -158,6 +158,9 @@ def pack_bits(values, bits: int) -> np.ndarray:
     """
     v = np.asarray(values)
     per, words = _run(bits)
+    if not np.issubdtype(v.dtype, np.integer) or v.size and (v.min() < 0 or v.max() >= 2**bits):
+        raise ValueError(f"`values` must be integers in [0, {2**bits - 1}]; got dtype {v.dtype}"
+                         + (f", range [{v.min()}, {v.max()}]" if v.size else ""))
     if v.shape[0] % per:
         raise ValueError(f"`values` must have a multiple of {per} rows to pack {bits}-bit "
                          f"codes into whole words; got {v.shape[0]}")

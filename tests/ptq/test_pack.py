@@ -328,6 +328,15 @@ def test_errors_name_the_argument(kwargs, match):
                 **args)
 
 
+def test_pack_bits_errors():
+    with pytest.raises(ValueError, match=r"`values` must be integers in \[0, 15\]"):
+        pk.pack_bits(np.full((8, 1), -1), 4)
+    with pytest.raises(ValueError, match="multiple of 32 rows to pack 3-bit"):
+        pk.pack_bits(np.zeros((16, 1), int), 3)
+    with pytest.raises(ValueError, match="multiple of 3 rows for 3-bit"):
+        pk.unpack_bits(np.zeros((2, 1), np.int32), 3)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="`group_size` must be -1"):
         pk.QuantizeConfig(bits=4, group_size=0)
