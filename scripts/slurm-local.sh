@@ -236,13 +236,22 @@ start() {
     wait_idle
 }
 
-stop_pid() {  # stop_pid NAME FILE: SIGTERM, then wait up to 20 s
-    local name=$1 file=$2 pid
-    pid_alive "$file" || return 0
-    pid=$(cat "$file")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || { say "stopped $name"; return 0; }; sleep 0.1; done
-    die "$name (pid $pid) did not exit within 20 s"
+stop_pids() {  # stop_pids NAME=FILE...: SIGTERM to all at once, then wait up to 30 s for each
+    local item name file pid alive=()
+    for item in "$@"; do
+        name=${item%%=*} file=${item#*=}
+        if pid_alive "$file"; then
+            pid=$(cat "$file")  # read first: a daemon removes its pid file as it exits
+            kill "$pid" 2>/dev/null || true
+            alive+=("$name=$pid")
+        fi
+    done
+    for item in "${alive[@]}"; do
+        name=${item%%=*} pid=${item#*=}
+        for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) did not exit within 30 s"
+        say "stopped $name"
+    done
 }
 
 stop() {
@@ -258,12 +267,9 @@ stop() {
             scancel $jobs 2>/dev/null || true
             for _ in $(seq 60); do [[ -z $(squeue -h -o %A 2>/dev/null) ]] && break; sleep 0.5; done
         fi
-        scontrol shutdown >/dev/null 2>&1 || true   # slurmctld and every slurmd
     fi
-    stop_pid slurmd "$DIR/run/slurmd.pid"
-    stop_pid slurmctld "$DIR/run/slurmctld.pid"
-    stop_pid slurmdbd "$DIR/run/slurmdbd.pid"
-    stop_pid mariadbd "$DIR/db/mysqld.pid"
+    stop_pids slurmd="$DIR/run/slurmd.pid" slurmctld="$DIR/run/slurmctld.pid" \
+        slurmdbd="$DIR/run/slurmdbd.pid" mariadbd="$DIR/db/mysqld.pid"
     if [[ -e $DIR/run/munged.ours ]]; then
         munged --stop >/dev/null 2>&1 && say "stopped munged"
         rm -f "$DIR/run/munged.ours"
