@@ -7,7 +7,9 @@ are enough). Without one they skip and say how to start it; with ``PTQ_REQUIRE_S
 ``python -m experiments.run -m ... hydra/launcher=slurm`` with the resources of
 conf/hydra/launcher/slurm.yaml unchanged, except where a test asks for a tiny limit on purpose.
 
-    sudo scripts/slurm-local.sh start && python -m pytest -m slurm tests/experiments/test_slurm.py
+    scripts/slurm-local.sh start          # as root
+    python -m pytest -m slurm tests/experiments/test_slurm.py
+    scripts/slurm-local.sh stop
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from experiments import records, sweep
 from experiments import run as run_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PRESET = "lam_sweep"  # 4 smoke points: enough to cancel one while others run (2 CPUs)
-ONE_POINT = ["algorithm.lam=0.001", "data.m=32", "data.seed=0"]  # one of them, fixed
+SWEEP = "order"  # 2 smoke points: the clean sweep, one round of 2 jobs on 2 CPUs
+PRESET = "lam_sweep"  # 4 smoke points: enough to cancel one while others run
+ONE_POINT = ["algorithm.lam=0.001", "data.m=32", "data.seed=0"]  # one of lam_sweep's, fixed
 # Not compared: when and how long (wall_s) a run took, and the commit, which moves when anyone
 # commits while the test runs; everything a run computes must be equal, bit for bit, since the
 # jobs run the same code on the same machine as the in-process sweep.
@@ -65,7 +68,7 @@ def cluster():
     problem = _cluster_problem()
     if problem is not None:
         message = (f"no SLURM cluster to submit to ({problem}); start the one-node cluster with "
-                   "`sudo scripts/slurm-local.sh start` (README, 'On a SLURM cluster')")
+                   "`scripts/slurm-local.sh start`, as root (README, 'On a SLURM cluster')")
         if os.environ.get("PTQ_REQUIRE_SLURM") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -80,13 +83,22 @@ def job_name(cluster):
     _drain(name, timeout=60)
 
 
+def _local(tmp_path_factory, preset) -> dict[str, dict]:
+    """The same sweep run locally (in-process, as experiments.reproduce runs it): id -> record."""
+    out = tmp_path_factory.mktemp(f"local-{preset}")
+    result = sweep.run_sweep(preset, "smoke", [f"out_dir={out}"], progress=False)
+    assert result.ran == len(sweep.points(preset, "smoke"))
+    return {r["id"]: r for r in _records(out)}
+
+
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    """The same sweep run locally (in-process, as experiments.reproduce runs it): id -> record."""
-    out = tmp_path_factory.mktemp("local")
-    result = sweep.run_sweep(PRESET, "smoke", [f"out_dir={out}"], progress=False)
-    assert result.ran == len(sweep.points(PRESET, "smoke"))
-    return {r["id"]: r for r in _records(out)}
+    return _local(tmp_path_factory, PRESET)
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    return _local(tmp_path_factory, SWEEP)
 
 
 def _records(folder) -> list[dict]:
@@ -102,16 +114,17 @@ def _mtimes(folder) -> dict[str, int]:
     return {f: os.stat(f).st_mtime_ns for f in records.record_files([str(folder)])}
 
 
-def _command(tmp_path, out, name, *overrides) -> list[str]:
+def _command(tmp_path, out, name, *overrides, preset=PRESET) -> list[str]:
     sweep_dir = tmp_path / f"hydra-{uuid.uuid4().hex[:6]}"
-    return [sys.executable, "-m", "experiments.run", "-m", f"+experiment={PRESET}", "size=smoke",
+    return [sys.executable, "-m", "experiments.run", "-m", f"+experiment={preset}", "size=smoke",
             "hydra/launcher=slurm", f"out_dir={out}", f"hydra.sweep.dir={sweep_dir}",
             f"hydra.launcher.name={name}", *overrides]
 
 
-def _submit(tmp_path, out, name, *overrides, timeout=300) -> subprocess.CompletedProcess:
+def _submit(tmp_path, out, name, *overrides, preset=PRESET,
+            timeout=300) -> subprocess.CompletedProcess:
     """Submit the sweep and wait, as a user does: the command returns when every job is done."""
-    return subprocess.run(_command(tmp_path, out, name, *overrides), cwd=ROOT,
+    return subprocess.run(_command(tmp_path, out, name, *overrides, preset=preset), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -181,28 +194,28 @@ def _launcher_config():
 
 @pytest.mark.slurm
 def test_slurm_sweep_equals_the_local_one_and_resubmitting_recomputes_nothing(
-        tmp_path, job_name, local):
+        tmp_path, job_name, local_sweep):
     out = tmp_path / "records"
-    proc = _submit(tmp_path, out, job_name)
+    proc = _submit(tmp_path, out, job_name, preset=SWEEP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = _records(out)
-    assert sorted(r["id"] for r in recs) == sorted(local)
+    assert sorted(r["id"] for r in recs) == sorted(local_sweep)
     for r in recs:
-        _assert_same(r, local[r["id"]])
+        _assert_same(r, local_sweep[r["id"]])
     # The jobs went through slurmctld with the launcher config's resources, unchanged.
     conf = _launcher_config()
     jobs = _accounting(job_name)
-    assert len(jobs) == len(local) and {j["State"] for j in jobs} == {"COMPLETED"}
+    assert len(jobs) == len(local_sweep) and {j["State"] for j in jobs} == {"COMPLETED"}
     for j in jobs:
         assert int(j["AllocCPUS"]) == conf["cpus_per_task"]
         assert j["ReqMem"] in (f"{conf['mem_gb']}G", f"{conf['mem_gb'] * 1024}M")
         assert _seconds(j["Timelimit"]) == 60 * conf["timeout_min"]
 
     before = _mtimes(out)
-    again = _submit(tmp_path, out, job_name)
+    again = _submit(tmp_path, out, job_name, preset=SWEEP)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _mtimes(out) == before  # every job found its record: none rewritten, none added
-    assert len(_accounting(job_name)) == 2 * len(local)
+    assert len(_accounting(job_name)) == 2 * len(local_sweep)
 
 
 def _pick_victim(name, deadline) -> str:
