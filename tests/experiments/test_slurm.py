@@ -79,6 +79,10 @@ def job_name(cluster):
     """A job name of this test's own; its jobs still queued at the end are cancelled."""
     name = f"ptq-test-{uuid.uuid4().hex[:8]}"
     yield name
+    # A job whose result is in may still be finishing: give it a moment before cancelling.
+    deadline = time.time() + 20
+    while _queue(name) and time.time() < deadline:
+        time.sleep(0.5)
     subprocess.run(["scancel", f"--name={name}"], capture_output=True)
     _drain(name, timeout=60)
 
@@ -202,7 +206,9 @@ def test_slurm_sweep_equals_the_local_one_and_resubmitting_recomputes_nothing(
     assert sorted(r["id"] for r in recs) == sorted(local_sweep)
     for r in recs:
         _assert_same(r, local_sweep[r["id"]])
-    # The jobs went through slurmctld with the launcher config's resources, unchanged.
+    # The jobs went through slurmctld with the launcher config's resources, unchanged. (A job
+    # whose result the command has read may still be finishing: wait until none is queued.)
+    _drain(job_name, timeout=60)
     conf = _launcher_config()
     jobs = _accounting(job_name)
     assert len(jobs) == len(local_sweep) and {j["State"] for j in jobs} == {"COMPLETED"}
@@ -215,7 +221,8 @@ def test_slurm_sweep_equals_the_local_one_and_resubmitting_recomputes_nothing(
     again = _submit(tmp_path, out, job_name, preset=SWEEP)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _mtimes(out) == before  # every job found its record: none rewritten, none added
-    assert len(_accounting(job_name)) == 2 * len(local_sweep)
+    _drain(job_name, timeout=60)
+    assert [j["State"] for j in _accounting(job_name)] == ["COMPLETED"] * 2 * len(local_sweep)
 
 
 def _pick_victim(name, deadline) -> str:
@@ -263,6 +270,7 @@ def test_cancelled_job_is_redone_and_no_finished_record_is_lost_or_duplicated(
         _assert_same(r, local[r["id"]])
     now = _mtimes(out)
     assert all(now[f] == t for f, t in finished.items())  # not recomputed, not rewritten
+    _drain(job_name, timeout=60)
     assert sum(j["State"].startswith("CANCELLED") for j in _accounting(job_name)) == 1
 
 
