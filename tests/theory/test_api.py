@@ -29,6 +29,15 @@ def test_shapes_and_step_forms():
     assert theory.qronos_l2_bound(X, Xh, W, 0.1).shape == (3,)
     assert theory.qronos_linf_bound(X, Xh, W, 0.1).shape == (3,)
     assert theory.optq_mismatch_l2_bound(X, Xh, W, 0.1).shape == (3,)
+    S = np.full((8, 3), 0.1)  # one step per weight (a group-wise grid): per-neuron results
+    for fn in (theory.optq_l2_bound, theory.stochastic_l2_bound, theory.stochastic_linf_bound):
+        assert fn(X, S).shape == (3,)
+    assert theory.optq_structural_bound(X, S).bound.shape == (3,)
+    for fn in (theory.optq_weight_bound, theory.stochastic_weight_bound):
+        wb = fn(X, W, S)
+        assert wb.bound.shape == wb.levels.shape == (3,) and wb.deviation.shape == (8, 3)
+    for fn in (theory.qronos_l2_bound, theory.qronos_linf_bound, theory.optq_mismatch_l2_bound):
+        assert fn(X, Xh, W, S).shape == (3,)
     rn = theory.residual_norms(X, M="none")
     assert rn.M is None and rn.r.shape == (8,)
     assert theory.residual_norms(X, M="augmented").M.shape == (28, 8)

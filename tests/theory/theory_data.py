@@ -31,10 +31,13 @@ def lam_kwargs(kind: str, value: float) -> dict:
 
 
 @st.composite
-def layers(draw, *, allow_lam_zero: bool = True, max_dead: int = 2):
-    """A random layer problem: dict with X, W, step, lam/percdamp kwargs, order, seed."""
+def layers(draw, *, allow_lam_zero: bool = True, max_dead: int = 2, m_choices=None):
+    """A random layer problem: dict with X, W, step, lam/percdamp kwargs, order, seed.
+
+    ``m_choices``: draw m from these values instead of 3..45 (fewer shapes, fewer kernel
+    compilations; each new m compiles the jit-compiled parts again)."""
     N = draw(st.sampled_from(N_CHOICES))
-    m = draw(st.integers(3, 45))
+    m = draw(st.integers(3, 45) if m_choices is None else st.sampled_from(m_choices))
     seed = draw(st.integers(0, 2**31 - 1))
     cond = draw(st.floats(0.0, 5.0))
     spread = draw(st.floats(0.0, 1.5))
@@ -75,3 +78,35 @@ def augmented(X, lam, order):
     Xp = X[:, order]
     extra = np.diag(np.where(np.sum(Xp**2, 0) + lam == 0, 1.0, np.sqrt(lam)))
     return np.vstack([Xp, extra])
+
+
+LAYOUTS = ("static", "act_order", "scattered", "per_weight")
+
+
+def random_grouping(rng, N: int, n: int, base, order, layout: str):
+    """A hidden random group-wise step table: ``(step (N, n), groups (N,))``, original order.
+
+    The features are cut into groups of random sizes (1..N, a random number of cuts) that
+    are consecutive in the original order ("static"), consecutive in the processing order
+    ``order`` (GPTQ's act_order groups, "act_order") or a random assignment ("scattered");
+    each group gets its own step per neuron, ``base`` (n,) times a log-uniform factor in
+    [1/10, 3]. "per_weight" draws an independent step for every weight (``groups`` is then
+    one group per feature). ``groups[j]`` is the group of original feature j.
+    """
+    base = np.broadcast_to(np.asarray(base, dtype=np.float64), (n,))
+    if layout == "per_weight":
+        return base * 10.0 ** rng.uniform(-1.0, 0.5, (N, n)), np.arange(N)
+    cuts = np.sort(rng.choice(np.arange(1, N), size=rng.integers(0, N), replace=False))
+    position_group = np.searchsorted(cuts, np.arange(N), side="right")  # group of position
+    if layout == "static":
+        feature_at = np.arange(N)
+    elif layout == "act_order":
+        feature_at = np.asarray(order)
+    elif layout == "scattered":
+        feature_at = rng.permutation(N)
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    groups = np.empty(N, dtype=np.int64)
+    groups[feature_at] = position_group
+    group_steps = base * 10.0 ** rng.uniform(-1.0, 0.5, (len(cuts) + 1, n))
+    return group_steps[groups], groups
