@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 # so 1e-9 covers their round-off with a wide margin; float32 runs compare float32 weights.
 RTOL = {"float64": 1e-9, "float32": 1e-4}
 
+# Fields of a theory return value that are per neuron, (n,), and go into the record's extras
+# with the scalars. The others are per feature (N,) or per weight (N, n) (growth, the update
+# norms, B3/S3's deviation, B2's r_sq_bound and s); they are left out, also when N == n, where
+# their length alone would make them look per neuron.
+PER_NEURON_EXTRAS = frozenset({"levels"})
+
 
 class Spec(NamedTuple):
     name: str  # THEORY.md label
@@ -84,12 +90,15 @@ def _call(fn, arrays: dict[str, np.ndarray], options: dict[str, Any]):
 
 
 def _split(ret) -> tuple[np.ndarray, dict[str, Any]]:
-    """The per-neuron bound of a theory return value, and any other fields it carries."""
+    """The per-neuron bound of a theory return value, and its scalar and per-neuron fields
+    (`PER_NEURON_EXTRAS`)."""
     if hasattr(ret, "_fields"):
         fields = ret._asdict()
         key = "bound" if "bound" in fields else ret._fields[0]
         value = fields.pop(key)
-        return np.asarray(value, dtype=np.float64), {k: _jsonable(v) for k, v in fields.items()}
+        extra = {k: _jsonable(v) for k, v in fields.items()
+                 if np.ndim(v) == 0 or k in PER_NEURON_EXTRAS}
+        return np.asarray(value, dtype=np.float64), extra
     return np.asarray(ret, dtype=np.float64), {}
 
 
@@ -132,7 +141,9 @@ def evaluate(names: list[str], *, X_f, X, X_hat, W, step, lam, order, variant, p
       X_f: (m, N) the matrix the algorithm factorised (X for OPTQ without mismatch, X_hat
         otherwise); the OPTQ bounds B1-B3 and S1-S3 are about ``X_f (w - q)``.
       X, X_hat: (m, N) the two inputs of the mismatch bounds Q1-Q3. W: (N, n) weights.
-      step: (n,) grid step delta per neuron. lam: resolved ridge. order: (N,) permutation.
+      step: the grid step delta, passed to the theory functions as is: a scalar, (n,) per
+        neuron, or (N, n) per weight (group-wise grids; rows in the original feature order,
+        theory/README.md section 7). lam: resolved ridge. order: (N,) permutation.
       variant: Qronos variant for Q1. p: failure probability of S2, S3, Q3.
       measured: per-neuron measurements (`experiments.run.measure`).
       clipped: whether any rounding clipped (then no-clipping bounds are not checked).
@@ -164,9 +175,6 @@ def evaluate(names: list[str], *, X_f, X, X_hat, W, step, lam, order, variant, p
             continue
         n = measured[spec.measured].shape[0]
         bound = np.broadcast_to(bound, (n,)).astype(np.float64)
-        # keep the per-neuron and scalar extras (B3/S3's `levels`, the K that prevents clipping)
-        extra = {k: v for k, v in extra.items()
-                 if not isinstance(v, list) or len(v) == n}
         value = measured[spec.measured]
         ratio = np.divide(value, bound, out=np.full_like(bound, np.nan), where=bound > 0)
         violated = value > bound * (1 + rtol) + 1e-300

@@ -59,3 +59,36 @@ def test_failed_factorisation_is_recorded_per_bound(problem):
     out = bounds.evaluate(["B1", "B3"], **bad)
     for name in ("B1", "B3"):
         assert "positive definite" in out[name]["error"]
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_group_wise_steps_pass_through(rng, square):
+    """An (N, n) step (a group-wise grid, rows in original feature order) reaches the theory
+    functions as is: the same values as calling them alone, no violation on a run with those
+    steps on the infinite alphabet, and only scalar / per-neuron extras in the record (also
+    when N == n, where per-feature fields would have the length of a per-neuron one)."""
+    m, N = 60, 24
+    n = N if square else 5
+    X = rng.standard_normal((m, N)) * rng.uniform(0.2, 3.0, N)
+    X_hat = X + 0.05 * rng.standard_normal((m, N))
+    W = rng.standard_normal((N, n))
+    group = np.arange(N) // 8  # groups of 8 consecutive features, a step per group and neuron
+    table = np.stack([np.abs(W[group == g]).max(0) / 7 for g in range(3)])
+    step = table[group]
+    res = ptq.optq(X_hat, W, ptq.Grid.symmetric(step), percdamp=0.01, order="decreasing_norm")
+    Q = np.asarray(res.Q, np.float64)
+    measured = run.measure(data.Layer(X, X_hat, W, "t"), Q, res, step, floors=False)
+    kw = dict(lam=float(res.lam), order=np.asarray(res.order))
+    names = ["B1", "B2", "B3", "Q2"]
+    out = bounds.evaluate(names, X_f=X_hat, X=X, X_hat=X_hat, W=W, step=step, variant="paper",
+                          p=0.05, measured=measured, clipped=False, precision="float64", **kw)
+    alone = {"B1": theory.optq_l2_bound(X_hat, step, **kw),
+             "B2": theory.optq_structural_bound(X_hat, step, **kw).bound,
+             "B3": theory.optq_weight_bound(X_hat, W, step, **kw).bound,
+             "Q2": theory.optq_mismatch_l2_bound(X, X_hat, W, step, **kw)}
+    for name in names:
+        assert "error" not in out[name], out[name]
+        np.testing.assert_allclose(out[name]["values"], alone[name], rtol=1e-12)
+        assert out[name]["checked"] and out[name]["violations"] == 0
+    assert set(out["B3"]["extra"]) == {"lam", "levels"} and len(out["B3"]["extra"]["levels"]) == n
+    assert set(out["B2"]["extra"]) == {"lam"}
