@@ -289,7 +289,7 @@ status() {
         done
         squeue -h -o "%i %j %T %M" 2>/dev/null | sed 's/^/job /'
     else
-        say "sinfo does not answer: the cluster is down (start it: sudo $0 start)"
+        say "sinfo does not answer: the cluster is down (start it, as root: $0 start)"
         up=1
     fi
     return $up
