@@ -39,7 +39,8 @@ die() { echo "slurm-local: error: $*" >&2; exit 1; }
 cannot() { echo "slurm-local: cannot start here: $*" >&2; exit 3; }
 
 need_root() {
-    [[ $(id -u) -eq 0 ]] || die "'$1' needs root (it installs packages and starts daemons): sudo $0 $1"
+    [[ $(id -u) -eq 0 ]] \
+        || die "'$1' needs root (it installs packages and starts daemons): sudo $0 $1"
 }
 
 pid_alive() {  # pid_alive FILE: the process named in FILE runs
@@ -102,7 +103,8 @@ start_database() {
     if [[ ! -d $DIR/db/data/mysql ]]; then
         install -d -o mysql -g mysql "$DIR/db/data"
         mariadb-install-db --no-defaults --user=mysql --datadir="$DIR/db/data" \
-            --auth-root-authentication-method=socket --skip-test-db >"$DIR/log/mariadb-install.log" 2>&1 \
+            --auth-root-authentication-method=socket --skip-test-db \
+            >"$DIR/log/mariadb-install.log" 2>&1 \
             || die "mariadb-install-db failed, see $DIR/log/mariadb-install.log"
     fi
     chown mysql:mysql "$DIR/db"
@@ -110,7 +112,8 @@ start_database() {
     # slurmdbd), InnoDB settings slurmdbd asks for.
     mariadbd --no-defaults --user=mysql --datadir="$DIR/db/data" --socket="$DB_SOCKET" \
         --pid-file="$DIR/db/mysqld.pid" --bind-address=127.0.0.1 --port="$DB_PORT" \
-        --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 --log-error="$DIR/db/mariadb.log" >/dev/null 2>&1 &
+        --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
+        --log-error="$DIR/db/mariadb.log" >/dev/null 2>&1 &
     for _ in $(seq 100); do
         db -e "select 1" >/dev/null 2>&1 && break
         sleep 0.2
@@ -132,7 +135,8 @@ EOF
 
 write_conf() {
     ours "$CONF" || cannot "$CONF exists and was not written by this script; not touching it"
-    ours "$DBD_CONF" || cannot "$DBD_CONF exists and was not written by this script; not touching it"
+    ours "$DBD_CONF" \
+        || cannot "$DBD_CONF exists and was not written by this script; not touching it"
     local host node
     host=$(hostname -s)
     # This host as slurmd sees it: CPUs, sockets, cores, threads, RealMemory (MB).
@@ -207,14 +211,16 @@ wait_idle() {
     while (( SECONDS - t0 < START_TIMEOUT )); do
         state=$(sinfo -h -N -o "%T" 2>/dev/null | head -n1 || true)
         if [[ $state == idle || $state == mixed || $state == allocated ]]; then
-            say "up: node $(hostname -s) is $state ($(sinfo -h -N -o '%c CPUs, %m MB' | head -n1))," \
+            say "up: node $(hostname -s) is $state" \
+                "($(sinfo -h -N -o '%c CPUs, %m MB' | head -n1))," \
                 "partition $PARTITION"
             return
         fi
         sleep 1
     done
     sinfo -N -l 2>&1 || true
-    die "the node did not become idle within ${START_TIMEOUT}s (last state: '${state:-no answer}');" \
+    die "the node did not become idle within ${START_TIMEOUT}s" \
+        "(last state: '${state:-no answer}');" \
         "see $DIR/log/slurmctld.log and $DIR/log/slurmd.log"
 }
 
