@@ -2,7 +2,10 @@
 
 Public API::
 
-    ptq.Grid                         alphabets and rounding (symmetric, asymmetric, fit)
+    ptq.Grid                         alphabets and rounding (symmetric, asymmetric, fit);
+                                     step/zero per layer (), neuron (n,) or weight (N, n)
+    ptq.GroupGrid(bits, kind, group_size, static=False, mse=False)
+                                     GPTQ's group-wise grids, fitted inside the algorithms
     ptq.optq(X, W, grid, ...)        OPTQ / stochastic OPTQ                -> ptq.Result
     ptq.qronos(X, X_hat, W, grid, ...)  Qronos, variants "paper" and "ls_first" -> ptq.Result
     ptq.rtn(W, grid)                 round to nearest                      -> ptq.RTNResult
@@ -25,6 +28,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Grid": "ptq.grid",
+    "GroupGrid": "ptq.grid",
     "optq": "ptq._optq",
     "qronos": "ptq._qronos",
     "rtn": "ptq._rtn",
@@ -35,8 +39,8 @@ _LAZY = {
 }
 _SUBMODULES = ("options", "reference", "grid", "kernel", "layer", "pack")
 
-__all__ = ["Grid", "optq", "qronos", "rtn", "Result", "RTNResult", "options", "reference", "pack",
-           "PackedLayer", "QuantizeConfig"]
+__all__ = ["Grid", "GroupGrid", "optq", "qronos", "rtn", "Result", "RTNResult", "options",
+           "reference", "pack", "PackedLayer", "QuantizeConfig"]
 
 
 def __getattr__(name: str):
@@ -56,7 +60,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager names
     from ptq import options, pack, reference
-    from ptq.grid import Grid
+    from ptq.grid import Grid, GroupGrid
     from ptq.layer import Result
     from ptq._optq import optq
     from ptq._qronos import qronos

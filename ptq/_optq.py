@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptq import layer
-from ptq.grid import Grid
-from ptq.kernel import factor, quantize_ordered
+from ptq.grid import Grid, GroupGrid, GroupTables, _fit, expand, group_index, num_groups
+from ptq.kernel import Groups, factor, quantize_ordered
 from ptq.layer import Result, Rounding
 from ptq.options import Order, check_layer_shapes
 
@@ -16,7 +16,7 @@ from ptq.options import Order, check_layer_shapes
 def optq(
     X,
     W,
-    grid: Grid,
+    grid: Grid | GroupGrid,
     *,
     lam: float | None = None,
     percdamp: float | None = None,
@@ -75,8 +75,10 @@ def optq(
     sq = layer.column_sq_norms(X)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     layer.check_rank(sq, lam=lam, m=m, name="X")
+    W_given = W
     if not np.all(np.asarray(sq) > 0):
         W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
+    grid = layer.realise_static(grid, per_channel_on=W_given, static_on=W)
     p = layer.gather_index(perm)
     R = _ordered_factor(layer.gram_sym(X), lam, p)
     return run_ordered(R, layer.take_rows(W, p), grid, perm, lam, m, "X", rounding, key,
@@ -93,15 +95,30 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
     """Run the kernel on ordered ``R`` and ``W_start`` and map the results back.
 
     ``W_start`` is ``w(0)`` in processing order; the result holds it in original order.
-    ``grid`` is in original order: a per-weight grid (N, n) is gathered to processing order
-    for the kernel, so feature ``perm[t]`` is rounded at step t with its own row.
+    ``grid`` is a `ptq.Grid` in original order (a per-weight grid (N, n) is gathered to
+    processing order for the kernel, so feature ``perm[t]`` is rounded at step t with its own
+    row), `GroupTables` (a static or per-channel `GroupGrid` already fitted, see
+    `layer.realise_static`), or a dynamic `GroupGrid`, fitted group by group in the kernel.
     """
     N, n = W_start.shape
     u = None
     if rounding == "stochastic":
         u = layer.uniforms(key, N, n, W_start.dtype)
+    tables, recipe, groups = None, None, None
+    if isinstance(grid, GroupTables):
+        tables, grid = grid, grid.grid
+    elif isinstance(grid, GroupGrid):
+        recipe = grid
+        if num_groups(N, recipe.group_size) == 1:
+            # one group starting at step 1: its current weights are w(0), the first row
+            # being the value step 1 rounds (Qronos' z_1)
+            W_fit = W_start if z_first is None else W_start.at[0].set(z_first)
+            grid = _fit(W_fit, recipe.bits, recipe.kind, 0, recipe.mse)
+        else:
+            grid = None
+            groups = Groups(int(recipe.group_size), recipe.bits, recipe.kind, recipe.mse)
     grid_ordered = grid
-    if jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2:
+    if grid is not None and (jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2):
         p = layer.gather_index(perm)
         grid_ordered = grid._replace(
             step=layer.take_rows(jnp.broadcast_to(grid.step, (N, n)), p),
@@ -116,12 +133,23 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
         block_size=min(int(block_size), N),
         stochastic=rounding == "stochastic",
         first_override=z_first is not None,
+        groups=groups,
     )
     H_diag = jnp.sum(R * R, axis=1)  # H = R R^T
     layer.check_factor(out.r, lam=lam, m=m, N=N, name=name, H_diag=H_diag)
+    if recipe is not None:  # dynamic groups: consecutive in processing order
+        if groups is None:
+            scales, zeros = grid.step[None], grid.zero[None]
+        else:
+            scales, zeros = out.scales, out.zeros
+        tables = expand(recipe, scales, zeros, group_index(N, recipe.group_size, perm))
+        grid = tables.grid
     inv = layer.gather_index(np.argsort(perm))
     k = layer.take_rows(out.k, inv)
     Q = grid.step * k
     codes = (k + grid.zero).astype(jnp.int32)
     W_start = layer.take_rows(W_start, inv)
-    return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start)
+    if tables is None:
+        return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start, grid)
+    return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start, grid, tables.g_idx,
+                  tables.scales, tables.zeros)

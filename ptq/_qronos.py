@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ptq import layer, options
-from ptq.grid import Grid
+from ptq.grid import Grid, GroupGrid
 from ptq.kernel import HIGHEST, factor
 from ptq.layer import Result, Rounding
 from ptq._optq import run_ordered
@@ -22,7 +22,7 @@ def qronos(
     X,
     X_hat,
     W,
-    grid: Grid,
+    grid: Grid | GroupGrid,
     *,
     lam: float | None = None,
     percdamp: float | None = None,
@@ -73,6 +73,7 @@ def qronos(
     sq = layer.column_sq_norms(X_hat)
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     layer.check_rank(sq, lam=lam, m=m, name="X_hat")
+    grid = layer.realise_static(grid, per_channel_on=W, static_on=W)
     R, W_ls, z1 = _least_squares(
         layer.gram_sym(X_hat), layer.gram(X_hat, X), W, lam, layer.gather_index(perm)
     )

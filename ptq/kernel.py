@@ -37,7 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ptq.grid import Grid
+from ptq.grid import Grid, _fit
 
 HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bf16 passes on GPU: results must match float64 logic
 
@@ -49,6 +49,17 @@ class KernelOut(NamedTuple):
     e: jax.Array  # (N, n) float: e_t = z_t - q_t
     w_max: jax.Array  # (n,) float: max(|w_t|, |value rounded at t|) over t
     r: jax.Array  # (N,) float: r_t = R_tt (I3); NaN if H is not positive definite
+    scales: jax.Array | None = None  # (G, n) float: dynamic groups' steps, processing order
+    zeros: jax.Array | None = None  # (G, n) float: dynamic groups' zero points
+
+
+class Groups(NamedTuple):
+    """Static description of dynamic groups for :func:`quantize_ordered` (hashable)."""
+
+    size: int  # features per group, consecutive in processing order (2 groups at least)
+    bits: int
+    kind: str  # "symmetric" or "asymmetric"
+    mse: bool
 
 
 def factor(H: jax.Array) -> jax.Array:
@@ -64,7 +75,18 @@ def sub_block_size(B: int) -> int:
     return max(d for d in range(1, min(SUB_BLOCK, B) + 1) if B % d == 0)
 
 
-@partial(jax.jit, static_argnames=("block_size", "stochastic", "first_override"))
+def group_block_size(block_size: int, group_size: int) -> int:
+    """The lazy-batch width used with dynamic groups: a multiple of the group size.
+
+    ``group_size * max(1, block_size // group_size)``: the largest multiple of the group size
+    not above ``block_size``, or one group per block when groups are wider than blocks. Each
+    group then lies inside one block, starting at a panel boundary, so its current weights
+    are the block's partial sums plus one product with the block's finished rows.
+    """
+    return group_size * max(1, block_size // group_size)
+
+
+@partial(jax.jit, static_argnames=("block_size", "stochastic", "first_override", "groups"))
 def quantize_ordered(
     R: jax.Array,
     W: jax.Array,
@@ -75,6 +97,7 @@ def quantize_ordered(
     block_size: int,
     stochastic: bool,
     first_override: bool,
+    groups: Groups | None = None,
 ) -> KernelOut:
     """Run OPTQ on ``W`` (N, n) given the factor ``R`` of ``H = R R^T``, both ordered.
 
@@ -86,12 +109,32 @@ def quantize_ordered(
       u: (N, n) uniforms for stochastic rounding (row t is used at step t), or None.
       z_first: (n,) value rounded at step 1 instead of ``z_1 = w_1`` (Qronos' correction
         step); the error fed forward is still ``e_1 = w_1 - q_1``. None when unused.
-      block_size: B, the lazy-batch width.
+      block_size: B, the lazy-batch width (with ``groups``: see :func:`group_block_size`).
       stochastic / first_override: static switches matching ``u`` / ``z_first``.
+      groups: dynamic groups (``grid`` is then unused and may be None). When the algorithm
+        reaches the first step ``t0`` of group ``g`` (``t0 = g * size``), the group's grid is
+        fitted, per neuron, on the current weights of its rows ``G = [t0, t0 + size)``,
+        GPTQ's ``w_G(t0 - 1)``. That is the least-squares continuation given ``q_{<t0}``,
+        ``w_{>=t0}(t0-1) = w_{>=t0} + H22^{-1} H21 d`` with ``d = (w - q)_{<t0}``; with
+        ``R = [[R11, R12], [0, R22]]``, ``H22 = R22 R22^T`` and ``H21 = R22 R12^T``, so it is
+        ``w + R22^{-T} R12^T d``. ``R22^T`` is lower triangular, so the rows of G need only its
+        leading (size, size) block, ``diag(r_G) (I + L_GG)``, and in the kernel's terms::
+
+            p_G = sum_{s < t0} C_Gs (w_s - q_s)           (the left-looking partial sums)
+            w_G(t0 - 1) = w_G + (I + L_GG)^{-1} p_G,      L_GG = strictly lower C[G, G].
+
+        Note that ``w_j + p_j`` alone is ``z_j`` only for ``j = t0``: the partial sums use the
+        original ``w_s - q_s``, the current weights the errors propagated through the later
+        rows, hence the unit lower triangular solve (size^2 n flops per group). In a block,
+        ``w_G + p_G`` is the block's partial sums ``Zb`` (every earlier block) plus one
+        (size, B) x (B, n) product with the block's finished rows. Row ``t0 = 0`` is replaced
+        by ``z_first`` when ``first_override`` (Qronos' step 1 rounds ``z_1``). The tables
+        come back in ``KernelOut.scales`` / ``zeros``.
     """
     N, n = W.shape
-    B = block_size
-    b = sub_block_size(B)
+    B = block_size if groups is None else group_block_size(block_size, groups.size)
+    # panels must not straddle a group boundary: b divides the group size (and so B)
+    b = sub_block_size(B if groups is None else groups.size)
     nb = -(-N // B)
     Np = nb * B
     dtype = W.dtype
@@ -104,20 +147,20 @@ def quantize_ordered(
     up = jnp.zeros((Np, n), dtype).at[:N].set(u) if stochastic else None
     # A per-weight grid (N, n) is sliced with the panel; the () / (n,) path is left as it was
     # (static branch: the per-neuron program is unchanged). Padded rows get step 1, zero 0.
-    per_row = jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2
+    per_row = groups is None and (jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2)
     if per_row:
         Sp = jnp.ones((Np, n), dtype).at[:N].set(jnp.broadcast_to(grid.step, (N, n)))
         Zp = jnp.zeros((Np, n), dtype).at[:N].set(jnp.broadcast_to(grid.zero, (N, n)))
 
-    def columns(i0, Zs, Ws, Us, Lss, wmax, Gs):
+    def columns(i0, Zs, Ws, Us, Lss, wmax, row_grid):
         """Round the b rows of a panel in turn; ``Zs`` holds all but the in-panel feedback.
 
-        ``Gs``: the panel's (b, n) steps and zeros of a per-weight grid, else None."""
+        ``row_grid(j)``: the grid of the panel's row j."""
 
         def col(j, carry):
             Zs, Ds, Ks, Es, wmax = carry
             z = Zs[j]
-            g = grid if Gs is None else grid._replace(step=Gs[0][j], zero=Gs[1][j])
+            g = row_grid(j)
             rounded = jnp.where(i0 + j == 0, z_first, z) if first_override else z
             k = g.stochastic_index(rounded, Us[j]) if stochastic else g.nearest_index(rounded)
             q = g.step * k
@@ -131,7 +174,7 @@ def quantize_ordered(
         return Ds, Ks, Es, wmax
 
     def block(kb, carry):
-        D, K, E, wmax = carry
+        D, K, E, wmax, S_tab, Z_tab = carry
         i = kb * B
 
         def earlier(c, Z):  # Z += C[block, block c] @ (W - Q)[block c] for each finished c
@@ -140,25 +183,74 @@ def quantize_ordered(
         Zb = jax.lax.fori_loop(0, kb, earlier, _ds(Wp, i, 0, B, n))
         Lbb = _ds(Ls, i, i, B, B)
 
-        def panel(s, carry):
+        def panel(j, carry, g):
+            """Round the b rows at in-block offset j, on grid g (None: `grid` / per-row)."""
             Db, Kb, Eb, wmax = carry
-            j = s * b
             # Rows of Db not finished yet are zero, so the full-width product is exact.
             Zs = _ds(Zb, j, 0, b, n) + jnp.dot(_ds(Lbb, j, 0, b, B), Db, precision=HIGHEST)
             Us = _ds(up, i + j, 0, b, n) if stochastic else None
             Ws = _ds(Wp, i + j, 0, b, n)
-            Gs = (_ds(Sp, i + j, 0, b, n), _ds(Zp, i + j, 0, b, n)) if per_row else None
-            Ds, Ks, Es, wmax = columns(i + j, Zs, Ws, Us, _ds(Lbb, j, j, b, b), wmax, Gs)
+            if g is not None:  # a dynamic group's grid, (n,)
+                row_grid = lambda _: g  # noqa: E731
+            elif per_row:  # the panel's rows of a per-weight grid
+                Ss, Zz = _ds(Sp, i + j, 0, b, n), _ds(Zp, i + j, 0, b, n)
+                row_grid = lambda r: grid._replace(step=Ss[r], zero=Zz[r])  # noqa: E731
+            else:
+                row_grid = lambda _: grid  # noqa: E731
+            Ds, Ks, Es, wmax = columns(i + j, Zs, Ws, Us, _ds(Lbb, j, j, b, b), wmax, row_grid)
             return _dus(Db, Ds, j), _dus(Kb, Ks, j), _dus(Eb, Es, j), wmax
 
         zeros = jnp.zeros((B, n), dtype)
-        Db, Kb, Eb, wmax = jax.lax.fori_loop(0, B // b, panel, (zeros, zeros, zeros, wmax))
-        return _dus(D, Db, i), _dus(K, Kb, i), _dus(E, Eb, i), wmax
+        start = (zeros, zeros, zeros, wmax)
+        if groups is None:
+            Db, Kb, Eb, wmax = jax.lax.fori_loop(
+                0, B // b, lambda s, c: panel(s * b, c, None), start
+            )
+        else:
+            gsz = groups.size
+
+            def group(h, carry):
+                (Db, Kb, Eb, wmax), S_tab, Z_tab = carry
+                jg = h * gsz
+                # the group's current weights w_G(t0 - 1) (see the docstring): the partial
+                # sums w_G + p_G (Zb plus the finished in-block rows), then the unit lower
+                # triangular solve with the group's diagonal block of C
+                Wg = _ds(Wp, i + jg, 0, gsz, n)
+                Pg = _ds(Zb, jg, 0, gsz, n) - Wg + jnp.dot(
+                    _ds(Lbb, jg, 0, gsz, B), Db, precision=HIGHEST
+                )
+                Zg = Wg + jax.scipy.linalg.solve_triangular(
+                    _ds(Lbb, jg, jg, gsz, gsz), Pg, lower=True, unit_diagonal=True
+                )
+                if first_override:  # Qronos: step 1 rounds z_1, fit its group on it
+                    Zg = Zg.at[0].set(jnp.where(i + jg == 0, z_first, Zg[0]))
+                g = _fit(Zg, groups.bits, groups.kind, 0, groups.mse)
+                gi = (i + jg) // gsz
+                S_tab = jax.lax.dynamic_update_slice(S_tab, g.step[None].astype(dtype), (gi, 0))
+                Z_tab = jax.lax.dynamic_update_slice(Z_tab, g.zero[None].astype(dtype), (gi, 0))
+                inner = jax.lax.fori_loop(
+                    0, gsz // b, lambda s, c: panel(jg + s * b, c, g), (Db, Kb, Eb, wmax)
+                )
+                return inner, S_tab, Z_tab
+
+            (Db, Kb, Eb, wmax), S_tab, Z_tab = jax.lax.fori_loop(
+                0, B // gsz, group, (start, S_tab, Z_tab)
+            )
+        return _dus(D, Db, i), _dus(K, Kb, i), _dus(E, Eb, i), wmax, S_tab, Z_tab
 
     zeros = jnp.zeros((Np, n), dtype)
     wmax0 = jnp.max(jnp.abs(W), axis=0)
-    _, K, E, wmax = jax.lax.fori_loop(0, nb, block, (zeros, zeros, zeros, wmax0))
-    return KernelOut(K[:N], E[:N], wmax, r)
+    if groups is None:
+        tabs = (None, None)
+    else:
+        tabs = (jnp.ones((Np // groups.size, n), dtype), jnp.zeros((Np // groups.size, n), dtype))
+    _, K, E, wmax, S_tab, Z_tab = jax.lax.fori_loop(
+        0, nb, block, (zeros, zeros, zeros, wmax0) + tabs
+    )
+    if groups is None:
+        return KernelOut(K[:N], E[:N], wmax, r)
+    G = -(-N // groups.size)
+    return KernelOut(K[:N], E[:N], wmax, r, S_tab[:G], Z_tab[:G])
 
 
 def _ds(A, i, j, rows, cols):

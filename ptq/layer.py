@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptq import options
-from ptq.grid import Grid
+from ptq.grid import Grid, GroupGrid, check_group_grid, fit_groups
 from ptq.kernel import HIGHEST
 
 Rounding = options.Rounding
@@ -31,6 +31,12 @@ class Result(NamedTuple):
     w_max: jax.Array  # (n,) float: max over t of |w_t(0)| and of the value rounded at step t
     r: jax.Array  # (N,) float, processing order: r_t = R_tt = 1 / U_tt (identity I3)
     W_start: jax.Array  # (N, n) float: w(0), the weights the OPTQ recursion starts from
+    # The grid actually used: the `ptq.Grid` given, or a `ptq.GroupGrid` realised (step and
+    # zero (N, n), the group of each weight; (n,) per channel). Q == grid.dequantize(codes).
+    grid: Grid | None = None
+    g_idx: jax.Array | None = None  # (N,) int32: group of each feature (GroupGrid groups)
+    scales: jax.Array | None = None  # (G, n) float: group steps (GroupGrid only; G = 1 per channel)
+    zeros: jax.Array | None = None  # (G, n) float: group zero points (GroupGrid only)
 
 
 def compute_dtype():
@@ -55,13 +61,45 @@ def as_arrays(*named: tuple[str, object]):
 def check_common(grid, n: int, rounding: str, key, block_size, *, N: int | None = None) -> None:
     """Validate the options every algorithm shares.
 
-    ``grid.step`` and ``grid.zero`` may each be a scalar, one per neuron (n,) or, when the
-    number of features ``N`` is given, one per feature and neuron (N, n).
+    ``grid`` is a `ptq.GroupGrid` recipe or a `ptq.Grid` whose ``step`` and ``zero`` are each
+    a scalar, one per neuron (n,) or, when the number of features ``N`` is given, one per
+    feature and neuron (N, n).
     """
-    if not isinstance(grid, Grid):
-        raise ValueError(f"`grid` must be a ptq.Grid; got {type(grid).__name__}")
+    if isinstance(grid, GroupGrid):
+        check_group_grid(grid)
+    elif isinstance(grid, Grid):
+        _check_grid_shapes(grid, n, N)
+    else:
+        raise ValueError(
+            f"`grid` must be a ptq.Grid or a ptq.GroupGrid; got {type(grid).__name__}"
+        )
+    options.check_rounding(rounding)
+    if rounding == "stochastic" and key is None:
+        raise ValueError("`rounding='stochastic'` needs `key` (a jax.random key); got key=None")
+    integral = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
+    if not integral or block_size < 1:
+        raise ValueError(f"`block_size` must be an integer >= 1; got {block_size!r}")
+
+
+def realise_static(grid, *, per_channel_on, static_on):
+    """Fit a per-channel or static `GroupGrid` up front (-> `GroupTables`); pass others on.
+
+    ``per_channel_on`` / ``static_on``: the (N, n) weights, original order, that those fits
+    use (GPTQ fits per channel on the layer's weights before dead features are zeroed, and
+    static groups after). A dynamic recipe is fitted inside the kernel and returned as is.
+    """
+    if not isinstance(grid, GroupGrid):
+        return grid
+    if grid.group_size is None:
+        return fit_groups(per_channel_on, grid)
+    if grid.static:
+        return fit_groups(static_on, grid)
+    return grid
+
+
+def _check_grid_shapes(grid: Grid, n: int, N: int | None) -> None:
     allowed = [(), (n,)] + ([] if N is None else [(N, n)])
-    expected = "() or (n,) = " + f"({n},)" + ("" if N is None else f" or (N, n) = {(N, n)}")
+    expected = f"() or (n,) = ({n},)" + ("" if N is None else f" or (N, n) = {(N, n)}")
     for field in ("step", "zero"):
         shape = tuple(jnp.shape(getattr(grid, field)))
         if shape not in allowed:
@@ -74,12 +112,6 @@ def check_common(grid, n: int, rounding: str, key, block_size, *, N: int | None 
             raise ValueError(
                 f"`grid` {field} must be a scalar; got shape {jnp.shape(getattr(grid, field))}"
             )
-    options.check_rounding(rounding)
-    if rounding == "stochastic" and key is None:
-        raise ValueError("`rounding='stochastic'` needs `key` (a jax.random key); got key=None")
-    integral = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
-    if not integral or block_size < 1:
-        raise ValueError(f"`block_size` must be an integer >= 1; got {block_size!r}")
 
 
 @jax.jit

@@ -18,7 +18,14 @@ of H); since such a column is orthogonal to every other one it only sets its own
 
 Grids: ``step`` and ``zero`` of shape (), (n,) or (N, n) (rows in original feature order, one
 per feature and neuron, as group-wise grids give them); step t rounds with the row of the
-feature it processes, ``order[t]``.
+feature it processes, ``order[t]``. A group recipe (`ptq.GroupGrid`, or any object with its
+fields ``bits``, ``kind``, ``group_size``, ``static``, ``mse``) is fitted here by
+:func:`fit_group`, written from GPTQ's ``find_params`` and the max-abs rule in NumPy, with the
+group semantics stated in `ptq.GroupGrid`: per channel on ``W``; static groups on ``W``
+(original order, ``g_idx[j] = j // group_size``); dynamic groups, consecutive in processing
+order, on the current weights of the group's rows when the loop reaches the group's first
+step (OPTQ: the least-squares-updated ``w(t-1)``; Qronos: the fresh fit ``v`` of the
+remaining columns, its first row replaced by the value rounded at that step).
 
 Rounding, with ``x = z / delta`` and signed index ``k`` clipped to ``[qmin - zero, qmax - zero]``:
 nearest ``k = floor(x + 1/2)`` (ties up); stochastic ``k = floor(x) + [u < x - floor(x)]``.
@@ -45,6 +52,7 @@ __all__ = [
     "projected_columns",
     "round_nearest",
     "round_stochastic",
+    "fit_group",
 ]
 
 
@@ -66,11 +74,19 @@ class ReferenceResult(NamedTuple):
     W_start: np.ndarray  # (N, n) w(0), original order (OPTQ: dead rows zeroed; Qronos: wt)
     W_ls: np.ndarray | None  # (N, n) Qronos only: wt = argmin_v ||ya - Xha v||, original order
     E_LS: np.ndarray | None  # (n,) Qronos only: E_LS = min_v ||ya - Xha v|| per neuron
+    grid: "_Grid"  # the grid used: step, zero (N, n), original order
+    g_idx: np.ndarray | None  # (N,) int64: group of each feature (group recipes only)
+    scales: np.ndarray | None  # (G, n) group steps (group recipes only; G = 1 per channel)
+    zeros: np.ndarray | None  # (G, n) group zero points (group recipes only)
 
 
 class RTNReference(NamedTuple):
     Q: np.ndarray  # (N, n)
     codes: np.ndarray  # (N, n) int64
+    grid: "_Grid"  # step, zero (N, n), original order
+    g_idx: np.ndarray | None = None  # (N,) group recipes only
+    scales: np.ndarray | None = None  # (G, n)
+    zeros: np.ndarray | None = None  # (G, n)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -183,6 +199,117 @@ def round_stochastic(z, u, grid) -> np.ndarray:
     return np.clip(lo + (np.asarray(u, dtype=np.float64) < x - lo), kmin, kmax)
 
 
+# --------------------------------------------------------------------------- groups
+def _is_recipe(grid) -> bool:
+    """A group-wise recipe (`ptq.GroupGrid` or any object with its fields) rather than a grid."""
+    return hasattr(grid, "group_size") and hasattr(grid, "bits")
+
+
+def fit_group(Wg, bits: int, kind: str, mse: bool = False):
+    """The b-bit grid of one group of weights ``Wg`` (rows, n), per neuron: (scale, zero) (n,).
+
+    symmetric (max-abs): ``K = 2^(b-1) - 1``, ``scale = a / K`` with ``a = max|w|`` (1 if the
+    neuron's group is all zero), zero 0, codes in ``[-K, K]``.
+    asymmetric (GPTQ's ``find_params``): ``lo = min(w, 0)``, ``hi = max(w, 0)`` (``[-1, 1]`` if
+    both are 0), ``scale = (hi - lo) / (2^b - 1)``, ``zero = round(-lo / scale)`` (half to
+    even), codes in ``[0, 2^b - 1]``.
+    ``mse``: GPTQ's clipping search, the shrink factor ``p = 1 - i/100``, ``i = 0..79``, of the
+    smallest ``sum_rows |Q_p(w) - w|^2.4`` per neuron (the first p among equal losses).
+    """
+    Wg = np.asarray(Wg, dtype=np.float64)
+    lo = np.minimum(Wg.min(axis=0), 0.0)
+    hi = np.maximum(Wg.max(axis=0), 0.0)
+    if kind == "symmetric":
+        K = 2 ** (bits - 1) - 1
+        a = np.maximum(-lo, hi)
+        a[a == 0] = 1.0
+        kmin, kmax = -K, K
+
+        def at(p):
+            return p * a / K, np.zeros_like(a)
+    else:
+        maxq = 2**bits - 1
+        flat = (lo == 0) & (hi == 0)
+        lo[flat], hi[flat] = -1.0, 1.0
+        kmin, kmax = 0, maxq
+
+        def at(p):
+            scale = (p * hi - p * lo) / maxq
+            return scale, np.round(-p * lo / scale)
+
+    if not mse:
+        return at(1.0)
+    best_loss = np.full(Wg.shape[1], np.inf)
+    scale, zero = at(1.0)
+    for i in range(80):
+        s_p, z_p = at(1 - i / 100)
+        k = np.clip(np.floor(Wg / s_p + 0.5), kmin - z_p, kmax - z_p)
+        loss = np.sum(np.abs(s_p * k - Wg) ** 2.4, axis=0)
+        better = loss < best_loss
+        best_loss[better] = loss[better]
+        scale[better], zero[better] = s_p[better], z_p[better]
+    return scale, zero
+
+
+def _start_groups(grid, N: int, n: int, W_channel, W_static, *, static: bool = False):
+    """(table, state): the grid as (N, n) rows, original order, and the group state.
+
+    For a plain grid the state is None. For a recipe, per-channel and static groups are
+    fitted here, on ``W_channel`` / ``W_static`` (original order, static groups consecutive
+    in original order); dynamic groups are fitted later by :func:`_fit_dynamic`.
+    ``static=True`` treats every recipe as static (RTN).
+    """
+    if not _is_recipe(grid):
+        return _grid_table(grid, N, n), None
+    bits, kind, gs = int(grid.bits), str(grid.kind), grid.group_size
+    K = 2 ** (bits - 1) - 1
+    qmin, qmax = (-K, K) if kind == "symmetric" else (0, 2**bits - 1)
+    table = _Grid(np.ones((N, n)), np.zeros((N, n)), np.float64(qmin), np.float64(qmax))
+    static = static or bool(grid.static)
+    state = {"recipe": grid, "static": static, "g_idx": np.full(N, -1, np.int64),
+             "scales": {}, "zeros": {}}
+    if gs is None:
+        scale, zero = fit_group(W_channel, bits, kind, bool(grid.mse))
+        table.step[:], table.zero[:] = scale, zero
+        state.update(g_idx=None, scales={0: scale}, zeros={0: zero})
+    elif static:
+        for g, j0 in enumerate(range(0, N, gs)):
+            _set_group(table, state, g, np.arange(j0, min(j0 + gs, N)), W_static[j0 : j0 + gs])
+    return table, state
+
+
+def _set_group(table, state, g: int, rows, values) -> None:
+    """Fit group g on ``values`` (its rows' current weights) and give ``rows`` its grid."""
+    r = state["recipe"]
+    scale, zero = fit_group(values, int(r.bits), str(r.kind), bool(r.mse))
+    table.step[rows], table.zero[rows] = scale, zero
+    state["g_idx"][rows] = g
+    state["scales"][g], state["zeros"][g] = scale, zero
+
+
+def _fit_dynamic(table, state, t: int, perm, current) -> None:
+    """At processing step t, fit the dynamic group starting there (if one does) on
+    ``current`` (the group's rows' current weights, processing order, first row = the
+    value rounded at step t)."""
+    if state is None or state["g_idx"] is None:
+        return
+    r = state["recipe"]
+    gs = r.group_size
+    if state["static"] or t % gs:
+        return
+    rows = perm[t : t + gs]
+    _set_group(table, state, t // gs, rows, current[: len(rows)])
+
+
+def _group_fields(state):
+    """(g_idx, scales (G, n), zeros (G, n)) of a finished run (all None for a plain grid)."""
+    if state is None:
+        return None, None, None
+    G = len(state["scales"])
+    return (state["g_idx"], np.stack([state["scales"][g] for g in range(G)]),
+            np.stack([state["zeros"][g] for g in range(G)]))
+
+
 # --------------------------------------------------------------------------- validation
 def _prepare(X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed):
     m, N, n = options.check_layer_shapes(X, W, X_hat)
@@ -208,8 +335,9 @@ def _prepare(X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed):
             f"H = {name}^T {name} + lam*I is singular (lam = {lam:g}, {live} live features, "
             f"m = {m} samples); pass a larger `lam` or `percdamp`"
         )
-    table = _grid_table(grid, N, n)  # fails early on a grid of the wrong shape
-    return X, W, u, sq, lam, perm, Xfa, table
+    if not _is_recipe(grid):
+        _grid_table(grid, N, n)  # fails early on a grid of the wrong shape
+    return X, W, u, sq, lam, perm, Xfa
 
 
 def _round(z, u_t, grid, stochastic: bool) -> np.ndarray:
@@ -241,25 +369,29 @@ def optq(
 
     Args:
       X: (m, N). W: (N, n). grid: any object with ``step``, ``zero``, ``qmin``, ``qmax``
-        (e.g. `ptq.Grid`). lam, percdamp, order, order_seed: as `ptq.optq`.
+        (e.g. `ptq.Grid`, step/zero (), (n,) or (N, n)), or a group recipe (module
+        docstring). lam, percdamp, order, order_seed: as `ptq.optq`.
       rounding: "nearest" or "stochastic". u: (N, n) uniforms, row t used at step t.
 
     Returns:
       :class:`ReferenceResult` (``W_ls``, ``E_LS`` are None).
     """
-    X, W, u, sq, lam, perm, Xa, table = _prepare(
+    X, W, u, sq, lam, perm, Xa = _prepare(
         X, W, grid, None, rounding, u, lam, percdamp, order, order_seed
     )
     N, n = W.shape
     W_start = np.where((sq == 0)[:, None], 0.0, W)
+    # groups: per channel on W as given, static on W with dead rows zeroed (as GPTQ)
+    table, state = _start_groups(grid, N, n, W, W_start)
     w = W_start[perm].copy()  # w(t), processing order; rows < t are finished
     traj = np.abs(w).max(axis=0)
     k = np.empty((N, n))
     e = np.empty((N, n))
     z = np.empty((N, n))
     for t in range(N):
-        g = _row(table, perm[t])  # the grid of the feature processed at step t
         z[t] = w[t]
+        _fit_dynamic(table, state, t, perm, w[t:])  # a dynamic group starts: w_{>=t}(t-1)
+        g = _row(table, perm[t])  # the grid of the feature processed at step t
         k[t] = _round(z[t], None if u is None else u[t], g, rounding == "stochastic")
         e[t] = z[t] - g.step * k[t]
         if t < N - 1:
@@ -268,7 +400,7 @@ def optq(
             traj = np.maximum(traj, np.abs(w[t + 1 :]).max(axis=0))
     r = np.linalg.norm(projected_columns(Xa), axis=0)
     w_max = np.maximum(np.abs(W_start).max(axis=0), np.abs(z).max(axis=0))
-    return _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, None, None)
+    return _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, state, None, None)
 
 
 def qronos(
@@ -308,11 +440,11 @@ def qronos(
     """
     if variant not in ("paper", "ls_first"):
         raise ValueError(f"`variant` must be one of ('paper', 'ls_first'); got {variant!r}")
-    X, W, u, _, lam, perm, Xha, table = _prepare(
+    X, W, u, _, lam, perm, Xha = _prepare(
         X, W, grid, X_hat, rounding, u, lam, percdamp, order, order_seed
     )
     N, n = W.shape
-    step_p = table.step[perm]  # processing order: row t is the step of feature perm[t]
+    table, state = _start_groups(grid, N, n, W, W)  # per channel and static: on W as given
     w = W[perm]
     ya = augment(X[:, perm], lam, dead_to_one=False) @ w  # (m + N, n)
     wt = _lstsq(Xha, ya)
@@ -322,37 +454,46 @@ def qronos(
     k = np.empty((N, n))
     e = np.empty((N, n))
     z = np.empty((N, n))
+    q = np.empty((N, n))
     for t in range(N):
-        g = _row(table, perm[t])
         if t == 0 and variant == "paper":
             x0 = Xha[:, 0]
             z[0] = x0 @ (ya - Xha[:, 1:] @ w[1:]) / (x0 @ x0)
         else:
             z[t] = v[0]
+        # a dynamic group starting at t is fitted on the current fit v of its rows, its first
+        # row being the value rounded now (z_0 in the paper variant)
+        _fit_dynamic(table, state, t, perm, np.vstack([z[t][None], v[1:]]))
+        g = _row(table, perm[t])
         k[t] = _round(z[t], None if u is None else u[t], g, rounding == "stochastic")
-        e[t] = v[0] - g.step * k[t]
+        q[t] = g.step * k[t]
+        e[t] = v[0] - q[t]
         if t < N - 1:
-            residual = ya - Xha[:, : t + 1] @ (step_p[: t + 1] * k[: t + 1])
+            residual = ya - Xha[:, : t + 1] @ q[: t + 1]
             v = _lstsq(Xha[:, t + 1 :], residual)
             traj = np.maximum(traj, np.abs(v).max(axis=0))
     r = np.linalg.norm(projected_columns(Xha), axis=0)
     w_max = np.maximum(np.abs(wt).max(axis=0), np.abs(z).max(axis=0))
     inv = np.argsort(perm)
-    return _finish(k, e, z, perm, lam, r, traj, w_max, wt[inv], table, wt[inv], E_LS)
+    return _finish(k, e, z, perm, lam, r, traj, w_max, wt[inv], table, state, wt[inv], E_LS)
 
 
 def rtn(W, grid) -> RTNReference:
-    """Round every weight to nearest (ties up), clipped: ``q = Q(w)``."""
+    """Round every weight to nearest (ties up), clipped: ``q = Q(w)``.
+
+    A group recipe is fitted on ``W`` in original order (no order, no feedback: static)."""
     W = np.asarray(W, dtype=np.float64)
-    options.check_matrix("W", W)
-    table = _grid_table(grid, *W.shape)
+    N, n = options.check_matrix("W", W)
+    table, state = _start_groups(grid, N, n, W, W, static=True)
     k = round_nearest(W, table)
-    return RTNReference(table.step * k, (k + table.zero).astype(np.int64))
+    return RTNReference(table.step * k, (k + table.zero).astype(np.int64), table,
+                        *_group_fields(state))
 
 
-def _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, W_ls, E_LS):
+def _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, state, W_ls, E_LS):
     inv = np.argsort(perm)
     k = k[inv]
+    g_idx, scales, zeros = _group_fields(state)
     return ReferenceResult(
         Q=table.step * k,
         codes=(k + table.zero).astype(np.int64),
@@ -366,4 +507,8 @@ def _finish(k, e, z, perm, lam, r, traj, w_max, W_start, table, W_ls, E_LS):
         W_start=W_start,
         W_ls=W_ls,
         E_LS=E_LS,
+        grid=table,
+        g_idx=g_idx,
+        scales=scales,
+        zeros=zeros,
     )

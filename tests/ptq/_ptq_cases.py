@@ -106,8 +106,16 @@ def make_grid(rng, W: np.ndarray, kind: str) -> ptq.Grid:
     table_asym_G: GPTQ min-max grids fitted by hand on consecutive groups of G features of W,
     expanded to (N, n) rows (the group each feature falls in), a short last group included.
     Both test the (N, n) rows, in original order, against the oracle under every order.
+    group_{sym|asym}_{G}_{dyn|static}[_mse]: a `ptq.GroupGrid` recipe, fitted inside the
+    algorithm (and independently inside the oracle); G = 100 is one group (G >= N).
     """
     N, n = W.shape
+    if kind.startswith("group_"):
+        parts = kind.split("_")
+        sym = parts[1] == "sym"
+        bits = 3 if sym else 2  # fixed: the bits are static in the kernel (one compile each)
+        return ptq.GroupGrid(bits, "symmetric" if sym else "asymmetric", int(parts[2]),
+                             static=parts[3] == "static", mse="mse" in parts)
     if kind == "per_weight":
         step = rng.uniform(0.1, 0.6, (N, n)) * W.std(axis=0)
         return ptq.Grid.symmetric(step, int(rng.integers(1, 8)))
@@ -130,7 +138,7 @@ def make_grid(rng, W: np.ndarray, kind: str) -> ptq.Grid:
     raise ValueError(kind)
 
 
-GRID_KINDS = (
+PLAIN_GRID_KINDS = (
     "infinite",
     "symmetric",
     "fit_sym_neuron_3",
@@ -141,6 +149,12 @@ GRID_KINDS = (
     "per_weight",
     "table_asym_5",
 )
+# Group recipes: sizes that do not divide N = 24 (a short last group), that start groups
+# inside a block (B = 8 or 20 with G = 5), one group (G = 100 >= N), and the clipping search.
+STATIC_GROUP_KINDS = ("group_asym_8_static", "group_sym_5_static_mse")
+DYNAMIC_GROUP_KINDS = ("group_asym_5_dyn", "group_sym_8_dyn", "group_asym_3_dyn_mse",
+                       "group_asym_100_dyn")
+GRID_KINDS = PLAIN_GRID_KINDS + STATIC_GROUP_KINDS + DYNAMIC_GROUP_KINDS
 
 
 @st.composite
@@ -246,8 +260,11 @@ def boundary_distance(z, step, u=None) -> np.ndarray:
     return np.minimum(frac, 1.0 - frac)
 
 
-def compare_codes(res, ref, grid, *, z_rtol: float, u=None) -> dict:
+def compare_codes(res, ref, grid=None, *, z_rtol: float, u=None) -> dict:
     """Assert ptq's codes equal the reference's, except past an exact rounding tie.
+
+    The steps are the reference's realised grid ``ref.grid`` ((N, n), original order), which
+    is ``grid`` itself for a plain grid and the oracle's own fit for a group recipe.
 
     Walk each neuron in processing order. Until the first differing code the two runs are
     the same computation in different algebra, so their errors ``e_t`` must agree to
@@ -256,7 +273,8 @@ def compare_codes(res, ref, grid, *, z_rtol: float, u=None) -> dict:
     rounding boundary (a tie up to float64 error); after it the neuron's trajectories
     legitimately diverge and are not compared further.
 
-    Returns counts for reporting: {"diverged": neurons that met a tie}.
+    Returns counts for reporting: {"diverged": neurons that met a tie, "first": (n,) the
+    first differing step of each neuron (N if none)}.
     """
     order = np.asarray(res.order)
     np.testing.assert_array_equal(order, ref.order)
@@ -264,14 +282,15 @@ def compare_codes(res, ref, grid, *, z_rtol: float, u=None) -> dict:
     codes_ref = ref.codes[order]
     e = np.asarray(res.e, dtype=np.float64)
     N, n = codes.shape
-    step = np.broadcast_to(ordered_step(grid, order), (N, n))  # processing order
+    step = np.broadcast_to(ordered_step(ref.grid, order), (N, n))  # processing order
     scale = np.maximum(ref.w_traj_max, step.max(axis=0))
     atol = z_rtol * scale  # (n,)
     dist = boundary_distance(ref.z, step, u) * step  # in weight units
     diverged = 0
+    first = np.full(n, N)
     for j in range(n):
         bad = np.flatnonzero(codes[:, j] != codes_ref[:, j])
-        t0 = bad[0] if bad.size else N
+        t0 = first[j] = bad[0] if bad.size else N
         err = np.abs(e[:t0, j] - ref.e[:t0, j])
         assert np.all(err <= atol[j]), (
             f"neuron {j}: |e - e_ref| = {err.max():.3g} > {atol[j]:.3g} before any tie"
@@ -283,4 +302,4 @@ def compare_codes(res, ref, grid, *, z_rtol: float, u=None) -> dict:
                 f"rounded value {ref.z[t0, j]!r} is {dist[t0, j]:.3g} from a rounding boundary "
                 f"(> {atol[j]:.3g}): not a tie"
             )
-    return {"diverged": diverged}
+    return {"diverged": diverged, "first": first}

@@ -196,3 +196,25 @@ def test_grid_constructor_shapes():
         ptq.Grid.symmetric(np.full((2, 2, 2), 0.1))
     with pytest.raises(ValueError, match="`zero` must broadcast against `scale`"):
         ptq.Grid.asymmetric(np.full((6, 3), 0.1), np.zeros((6, 2)), 4)
+
+
+@pytest.mark.parametrize("alg", ALGS + ["rtn"])
+def test_group_grid_recipe(alg):
+    """A bad GroupGrid names the field and the value; GPTQ's -1 is pointed to None."""
+    run = (lambda g: ptq.rtn(W, g)) if alg == "rtn" else (lambda g: call(alg, grid=g))
+    for gs, match in [(0, "group_size.*got 0"), (-1, r"group_size.*-1 is written None.*got -1"),
+                      (2.5, "group_size.*got 2.5"), (True, "group_size.*got True"),
+                      ("128", "group_size.*got '128'")]:
+        with pytest.raises(ValueError, match=f"`GroupGrid.{match}"):
+            run(ptq.GroupGrid(4, "asymmetric", gs))
+    with pytest.raises(ValueError, match="`GroupGrid.kind`.*'signed'"):
+        run(ptq.GroupGrid(4, "signed", 2))
+    with pytest.raises(ValueError, match="`bits`"):
+        run(ptq.GroupGrid(1, "symmetric", 2))  # K = 0 levels
+    with pytest.raises(ValueError, match="`GroupGrid.static` must be a bool"):
+        run(ptq.GroupGrid(4, "asymmetric", 2, static="yes"))
+    with pytest.raises(ValueError, match="`GroupGrid.mse` must be a bool"):
+        run(ptq.GroupGrid(4, "asymmetric", 2, mse=1))
+    # accepted: a last short group (N = 6, groups of 4) and groups wider than N
+    for gs in (4, 6, 1000):
+        assert run(ptq.GroupGrid(4, "asymmetric", gs)).scales.shape == (-(-6 // gs), 3)

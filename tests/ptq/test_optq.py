@@ -14,7 +14,15 @@ EPS64 = np.finfo(np.float64).eps
 
 
 def check_invariants(res, grid, N, n, dtype):
-    """Shapes, dtypes, finiteness; Q on the grid; codes in [qmin, qmax]; dequantize(codes) == Q."""
+    """Shapes, dtypes, finiteness; Q on the grid; codes in [qmin, qmax]; dequantize(codes) == Q.
+
+    ``grid``: the grid given, or a `ptq.GroupGrid` recipe, whose realised grid ``res.grid``
+    is checked (test_groups.check_group_fields checks its tables)."""
+    if isinstance(grid, ptq.GroupGrid):
+        grid = res.grid
+    else:
+        for a, b in zip(res.grid, grid):  # a plain grid is used, and reported, as given
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert res.Q.shape == (N, n) and res.Q.dtype == dtype
     assert res.codes.shape == (N, n) and res.codes.dtype == jnp.int32
     assert res.e.shape == (N, n) and res.e.dtype == dtype
@@ -81,7 +89,7 @@ def test_agrees_with_reference(case):
     np.testing.assert_allclose(np.asarray(res.r), ref.r, rtol=tol)
     np.testing.assert_array_equal(np.asarray(res.W_start), ref.W_start)  # both copy or zero w
     if out["diverged"] == 0:
-        scale = np.maximum(ref.w_traj_max, C.step_scale(case.grid))
+        scale = np.maximum(ref.w_traj_max, C.step_scale(ref.grid))
         assert np.all(np.abs(np.asarray(res.w_max) - ref.w_max) <= tol * scale)
 
 
