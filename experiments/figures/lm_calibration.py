@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib import ticker
 
 from experiments.figures import real, style
 
@@ -56,6 +57,15 @@ def _plot(ax, t: pd.DataFrame, x: str, **kw) -> None:
                 **kw)
 
 
+def _plain_ticks(ax, xs) -> None:
+    """Log axes labelled with plain numbers: x at the measured values, y at its decades."""
+    ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(set(xs))))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def build(t: pd.DataFrame, out_dir: str) -> pd.DataFrame:
     fig, (left, right) = style.figure(ncols=2)
     by_calib = t[t.percdamp == DEFAULT_PERCDAMP]
@@ -72,6 +82,9 @@ def build(t: pd.DataFrame, out_dir: str) -> pd.DataFrame:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylabel(f"held-out perplexity ({int(t.bits.iloc[0])} bits)")
+    _plain_ticks(left, by_calib.calib_tokens)
+    if damp_calib is not None:
+        _plain_ticks(right, t[t.calib_windows == damp_calib].percdamp)
     left.set_xlabel(f"calibration tokens (percdamp {DEFAULT_PERCDAMP}; bars: seeds)")
     left.legend(loc="best", fontsize=7)
     if damp_calib is None:
