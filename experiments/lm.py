@@ -3,6 +3,7 @@
     python -m experiments.lm                  # default size, records in runs/default/lm
     python -m experiments.lm --size smoke     # what CI runs: 210 layers on 1536 tokens
     python -m experiments.lm --size full      # 128 x 512 calibration tokens, bits 2, 3, 4, 8
+    python -m experiments.lm --size bits      # bits 2, 3, 4, 8 at 16 x 512 calibration tokens
 
     from experiments.lm import quantize_lm
     res = quantize_lm("optq", 3, calib=16)    # all 210 linear layers, in forward order
@@ -121,6 +122,9 @@ SIZES = {
     "smoke": Size((3,), (3,), ("rtn", "optq"), ("optq", "qronos"), _data(12, 128, 2)),
     "default": Size((3,), (), ("rtn", "optq", "qronos"), (), _data(4, 512, 8)),
     "full": Size((2, 3, 4, 8), (3,), _ALGS, ("optq", "qronos"), _data(128, 512, 64)),
+    # Perplexity against bits at 16 windows, where the calibration study (figures/
+    # lm_calibration.csv) found the ordering of OPTQ and Qronos settled: 16 runs, about an hour.
+    "bits": Size((2, 3, 4, 8), (), _ALGS, (), _data(16, 512, 8)),
 }
 
 STUDY = Study("lm", SIZES, execute, "experiments.figures.lm", "lm", "perplexity")
