@@ -163,12 +163,23 @@ def _drain(name, timeout: float) -> None:
     assert not _queue(name), f"jobs {name} still queued after {timeout:.0f} s"
 
 
-def _accounting(name) -> list[dict[str, str]]:
-    """sacct's allocation lines of the name's jobs (one per array task)."""
+def _accounting(name, expect: int | None = None, timeout: float = 30) -> list[dict[str, str]]:
+    """sacct's allocation lines of the name's jobs (one per array task).
+
+    slurmdbd records a job a moment after slurmctld has let it go, so a job that has left the
+    queue may not be in sacct yet: with ``expect``, wait (up to ``timeout`` seconds) until that
+    many lines are there and none is still PENDING or RUNNING, and return what is there then.
+    """
     fields = ["JobID", "State", "AllocCPUS", "ReqMem", "Timelimit"]
-    out = subprocess.run(["sacct", "-n", "-X", "-P", f"--name={name}", "-S", "now-1hour",
-                          "-o", ",".join(fields)], capture_output=True, text=True, check=True)
-    return [dict(zip(fields, line.split("|"))) for line in out.stdout.splitlines() if line]
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", f"--name={name}", "-S", "now-1hour",
+                              "-o", ",".join(fields)], capture_output=True, text=True, check=True)
+        jobs = [dict(zip(fields, line.split("|"))) for line in out.stdout.splitlines() if line]
+        settled = not any(j["State"] in ("PENDING", "RUNNING") for j in jobs)
+        if expect is None or (len(jobs) >= expect and settled) or time.time() > deadline:
+            return jobs
+        time.sleep(0.5)
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -210,7 +221,7 @@ def test_slurm_sweep_equals_the_local_one_and_resubmitting_recomputes_nothing(
     # whose result the command has read may still be finishing: wait until none is queued.)
     _drain(job_name, timeout=60)
     conf = _launcher_config()
-    jobs = _accounting(job_name)
+    jobs = _accounting(job_name, expect=len(local_sweep))
     assert len(jobs) == len(local_sweep) and {j["State"] for j in jobs} == {"COMPLETED"}
     for j in jobs:
         assert int(j["AllocCPUS"]) == conf["cpus_per_task"]
@@ -222,12 +233,20 @@ def test_slurm_sweep_equals_the_local_one_and_resubmitting_recomputes_nothing(
     assert again.returncode == 0, again.stderr[-3000:]
     assert _mtimes(out) == before  # every job found its record: none rewritten, none added
     _drain(job_name, timeout=60)
-    assert [j["State"] for j in _accounting(job_name)] == ["COMPLETED"] * 2 * len(local_sweep)
+    again_jobs = _accounting(job_name, expect=2 * len(local_sweep))
+    assert [j["State"] for j in again_jobs] == ["COMPLETED"] * 2 * len(local_sweep)
+
+
+# What a job of the cancel test does before its run starts (the launcher's `setup` lines go into
+# the sbatch script ahead of the srun that starts Python): a task that started under HOLD_S / 2
+# ago is cancelled before its run has begun, however fast the machine runs the run itself (one
+# took 3-8 s on the machines seen, mostly importing JAX, so a run cannot be caught reliably).
+HOLD_S = 8
 
 
 def _pick_victim(name, deadline) -> str:
-    """A task to cancel mid-sweep: a running one that started under 4 s ago (a run takes about
-    8 s, mostly imports, so it dies before it can write its record).
+    """A task to cancel mid-sweep: a running one that started under HOLD_S / 2 seconds ago,
+    still in its setup, so it dies before it can write its record.
 
     Not a pending one: SLURM 22.05 keeps no accounting line for an array task cancelled before
     it started, so submitit, which learns the fate of a job from sacct, would wait for it forever.
@@ -235,7 +254,7 @@ def _pick_victim(name, deadline) -> str:
     while time.time() < deadline:
         running = [(_seconds(f"0:{e}" if e.count(":") == 1 else e), i)
                    for i, s, e in _queue(name) if s == "RUNNING"]
-        fresh = [i for t, i in sorted(running) if t < 4]
+        fresh = [i for t, i in sorted(running) if t < HOLD_S / 2]
         if fresh:
             return fresh[0]
         time.sleep(0.2)
@@ -246,7 +265,7 @@ def _pick_victim(name, deadline) -> str:
 def test_cancelled_job_is_redone_and_no_finished_record_is_lost_or_duplicated(
         tmp_path, job_name, local):
     out = tmp_path / "records"
-    proc, log = _start(tmp_path, out, job_name)
+    proc, log = _start(tmp_path, out, job_name, f"hydra.launcher.setup=['sleep {HOLD_S}']")
     deadline = time.time() + 180
     while not records.record_files([str(out)]) and time.time() < deadline:
         assert proc.poll() is None, open(log).read()[-3000:]
@@ -271,7 +290,8 @@ def test_cancelled_job_is_redone_and_no_finished_record_is_lost_or_duplicated(
     now = _mtimes(out)
     assert all(now[f] == t for f, t in finished.items())  # not recomputed, not rewritten
     _drain(job_name, timeout=60)
-    assert sum(j["State"].startswith("CANCELLED") for j in _accounting(job_name)) == 1
+    jobs = _accounting(job_name, expect=2 * len(local))
+    assert sum(j["State"].startswith("CANCELLED") for j in jobs) == 1, jobs
 
 
 @pytest.mark.slurm
