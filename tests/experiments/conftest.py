@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -31,3 +33,25 @@ def smoke_runs(tmp_path_factory):
 
 
 __all__ = ["compose", "initialize_config_dir", "run_mod"]
+
+
+@pytest.fixture(scope="module")
+def reproduce_lm_smoke(tmp_path_factory):
+    """``reproduce --size smoke --only <study>`` for an LM study on the real SmolLM2 file, in a
+    folder of its own; returns (exit status, the study's records folder, the figures folder).
+    A missing model package fails the test with its install command (never a skip)."""
+    from experiments import reproduce
+    from experiments.models import smollm2
+
+    def run(study: str):
+        try:
+            smollm2.verify()
+        except smollm2.ModelMissingError as exc:
+            pytest.fail(f"the LM study needs the model package: {exc}", pytrace=False)
+        root = tmp_path_factory.mktemp(study)
+        runs, out = str(root / "runs"), str(root / "figures")
+        status = reproduce.main(["--size", "smoke", "--only", study, "--runs", runs,
+                                 "--out", out])
+        return status, os.path.join(runs, "smoke", study), out
+
+    return run

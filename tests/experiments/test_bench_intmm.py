@@ -16,13 +16,7 @@ from ptq.pack import pack_bits
 COLUMNS = ["model", "N", "n", "batch", "variant", "median_s", "best_s", "rounds", "weight_bytes",
            "rel_diff", "speedup", "time_saved_pct", "gflops"]
 
-
-@pytest.fixture(autouse=True)
-def float32():
-    x64 = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", x64)
+pytestmark = pytest.mark.usefixtures("float32")  # the benchmark's float32 path (tests/conftest.py)
 
 
 def test_cli_writes_csv_and_figure(tmp_path):

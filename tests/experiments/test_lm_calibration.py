@@ -11,22 +11,13 @@ import pandas as pd
 import pytest
 
 from experiments import lm_calibration, reproduce
-from experiments.models import smollm2
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    try:
-        smollm2.verify()
-    except smollm2.ModelMissingError as exc:
-        pytest.fail(f"the LM study needs the model package: {exc}", pytrace=False)
-    root = tmp_path_factory.mktemp("lm_calibration")
-    runs, out = str(root / "runs"), str(root / "figures")
-    status = reproduce.main(["--size", "smoke", "--only", "lm_calibration", "--runs", runs,
-                             "--out", out])
-    return status, os.path.join(runs, "smoke", "lm_calibration"), out
+def smoke(reproduce_lm_smoke):
+    return reproduce_lm_smoke("lm_calibration")
 
 
 def test_table_matches_the_records(smoke):

@@ -22,15 +22,8 @@ N_LAYERS = 30 * 7
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    try:
-        smollm2.verify()
-    except smollm2.ModelMissingError as exc:
-        pytest.fail(f"the LM study needs the model package: {exc}", pytrace=False)
-    root = tmp_path_factory.mktemp("lm")
-    runs, out = str(root / "runs"), str(root / "figures")
-    status = reproduce.main(["--size", "smoke", "--only", "lm", "--runs", runs, "--out", out])
-    return status, os.path.join(runs, "smoke", "lm"), out
+def smoke(reproduce_lm_smoke):
+    return reproduce_lm_smoke("lm")
 
 
 def test_records_cover_every_layer(smoke):

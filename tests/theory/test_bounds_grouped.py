@@ -17,7 +17,7 @@ import ptq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_bounds_stochastic import ALPHA, assert_rate_at_most
+from test_bounds_stochastic import ALPHA, KEYS, assert_rate_at_most, runs
 from theory_data import LAYOUTS, layers, make_X, random_grouping, x_hat
 
 import theory
@@ -215,7 +215,6 @@ def test_levels_need_the_per_weight_ratio():
 
 # ---------------------------------------------------------------- stochastic (S1'-S3', Q3')
 T = 600  # copies of one neuron per run: independent trials (own uniforms)
-KEYS = (0, 1)
 CASES = {
     # name: (m, N, cond, dead, layout, kwargs); "wide" has m < N (lam > 0 needed),
     # "tall" lam = 0 with m > N
@@ -239,13 +238,8 @@ def stochastic_problem(name):
 
 
 def stochastic_runs(X, W, grid, opts, X_hat=None, variant=None):
-    for k in KEYS:
-        key = jax.random.key(2000 + k)
-        if X_hat is None:
-            yield ptq.optq(X, W, grid, rounding="stochastic", key=key, **opts)
-        else:
-            yield ptq.qronos(X, X_hat, W, grid, rounding="stochastic", key=key,
-                             variant=variant, **opts)
+    """Keys of their own (2000 + k), independent of test_bounds_stochastic's draws."""
+    return runs(X, W, grid, opts, X_hat=X_hat, variant=variant, seed0=2000)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

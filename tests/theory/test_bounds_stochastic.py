@@ -52,9 +52,10 @@ def problem(name, seed=0):
     return X, W, step, opts, rng
 
 
-def runs(X, W, grid, opts, X_hat=None, variant=None):
+def runs(X, W, grid, opts, X_hat=None, variant=None, seed0=1000):
+    """Stochastic OPTQ (Qronos when X_hat is given) once per key ``seed0 + k``, k in KEYS."""
     for k in KEYS:
-        key = jax.random.key(1000 + k)
+        key = jax.random.key(seed0 + k)
         if X_hat is None:
             yield ptq.optq(X, W, grid, rounding="stochastic", key=key, **opts)
         else:
