@@ -62,9 +62,14 @@ def versions() -> dict[str, str | None]:
 
 
 def make_grid(g: schema.GridConfig, W: np.ndarray):
-    """The `ptq.Grid` a grid config describes, for the weights W (N, n)."""
+    """The `ptq.Grid` a grid config describes, for the weights W (N, n); with
+    ``grid.group_size`` the `ptq.GroupGrid` recipe, fitted inside the algorithm (the grid
+    it realises is the result's ``grid``)."""
     import ptq
 
+    if g.group_size is not None:
+        return ptq.GroupGrid(g.bits, g.kind.value, g.group_size, static=g.static_groups,
+                             mse=g.mse)
     if g.step is not None:
         return ptq.Grid.symmetric(np.full(W.shape[1], g.step), g.levels)
     grid = ptq.Grid.fit(W, g.bits, kind=g.kind.value, per=g.per.value, mse=g.mse)
@@ -74,12 +79,17 @@ def make_grid(g: schema.GridConfig, W: np.ndarray):
 
 
 def quantize(a: schema.AlgorithmConfig, layer: data.Layer, grid, seed: int):
-    """Run the configured algorithm; returns (Q, Result or None for RTN)."""
+    """Run the configured algorithm; returns (Q, Result or None for RTN, the realised grid).
+
+    The realised grid is the result's ``grid``: ``grid`` itself for a `ptq.Grid`, the fitted
+    one for a `ptq.GroupGrid` (step and zero (N, n) in original feature order, or (n,) per
+    channel)."""
     import jax
     import ptq
 
     if a.method == schema.Method.rtn:
-        return np.asarray(ptq.rtn(layer.W, grid).Q, dtype=np.float64), None
+        res = ptq.rtn(layer.W, grid)
+        return np.asarray(res.Q, dtype=np.float64), None, res.grid
     kw = dict(lam=a.lam, percdamp=a.percdamp, order=a.order.value, order_seed=a.order_seed,
               rounding=a.rounding.value, block_size=a.block_size,
               key=jax.random.key(seed) if a.rounding == schema.Rounding.stochastic else None)
@@ -89,7 +99,7 @@ def quantize(a: schema.AlgorithmConfig, layer: data.Layer, grid, seed: int):
     else:
         result = ptq.qronos(layer.X, layer.X_hat, layer.W, grid, variant=a.variant.value, **kw)
     jax.block_until_ready(result.Q)
-    return np.asarray(result.Q, dtype=np.float64), result
+    return np.asarray(result.Q, dtype=np.float64), result, result.grid
 
 
 def floor_ls(X, X_hat, W, lam: float) -> np.ndarray:
@@ -112,10 +122,15 @@ def measure(layer: data.Layer, Q, result, step, *, floors: bool = True, target=N
     err2_self, errinf_self: ``||X_f (w - q)||`` for the factorised ``X_f = X_hat``;
     err2_aug: ``sqrt(||X_f (w-q)||^2 + lam ||w-q||^2)`` (B1, B2, S1); err2_pair_aug:
     ``sqrt(||X w - X_hat q||^2 + lam ||w-q||^2)`` (Q1, Q2); w_max: the largest
-    weight the recursion rounded (``Result.w_max``; ``|w|`` for RTN); k_used: the largest
-    ``|q|/delta`` used, the alphabet the run needed; e_ls0: ``min_v ||X w - X_hat v||``, the
-    floor of every quantizer under mismatch, and e_ls its ridge form (both least-squares
-    solves, the costliest part; ``floors=False`` leaves them out, no bound needs them).
+    weight the recursion rounded (``Result.w_max``; ``|w|`` for RTN); w_max_over_step:
+    ``w_max / delta``, the levels the largest rounded value needs (with a step per weight,
+    ``step`` (N, n) of a group-wise grid, ``w_max / min_i delta_ij``: an upper estimate of the
+    levels needed, since the largest value may lie in a group with a larger step); k_used:
+    the largest ``|q|/delta`` used (elementwise with a per-weight step), the alphabet the run
+    needed; e_ls0: ``min_v ||X w - X_hat v||``, the floor of every quantizer under mismatch,
+    and e_ls its ridge form (both least-squares solves, the costliest part; ``floors=False``
+    leaves them out, no bound needs them).
+    ``step``: (n,) per neuron or (N, n) per weight, rows in original feature order.
     ``target``: ``X @ W`` when the caller has it already (the real model reuses it across runs).
     ``xp``: the array module of the inputs, NumPy (float64 here) or ``jax.numpy`` (the products
     then run on the device in the inputs' dtype; the caller converts the outputs).
@@ -134,7 +149,7 @@ def measure(layer: data.Layer, Q, result, step, *, floors: bool = True, target=N
         "err2_aug": xp.sqrt(xp.sum(S**2, axis=0) + lam * xp.sum((W - Q) ** 2, axis=0)),
         "err2_pair_aug": xp.sqrt(xp.sum(D**2, axis=0) + lam * xp.sum((W - Q) ** 2, axis=0)),
         "w_max": w_max,
-        "w_max_over_step": w_max / step,
+        "w_max_over_step": w_max / (xp.min(step, axis=0) if xp.ndim(step) == 2 else step),
         "k_used": xp.abs(xp.rint(Q / step)).max(axis=0),
         "w_inf": xp.abs(W).max(axis=0),
     }
@@ -147,11 +162,20 @@ def measure(layer: data.Layer, Q, result, step, *, floors: bool = True, target=N
 def clipped(result, step: np.ndarray, rounding: str, skip_first: bool, rtol: float) -> bool:
     """Whether any rounding clipped, read off the per-step errors: without clipping
     ``|e_t| <= delta/2`` (nearest) or ``< delta`` (stochastic). Qronos' paper form has
-    ``e_1 = wt_1 - Q(z_1)``, not a rounding error, so its first row is skipped."""
+    ``e_1 = wt_1 - Q(z_1)``, not a rounding error, so its first row is skipped.
+
+    ``step``: (), (n,) or (N, n) in original feature order; ``result.e`` is in processing
+    order, so a per-weight step is taken in that order too (``step[result.order]``)."""
     if result is None:
         return False
-    e = np.abs(np.asarray(result.e, dtype=np.float64))[1 if skip_first else 0:]
+    step = np.asarray(step, dtype=np.float64)
+    if step.ndim == 2:
+        step = step[np.asarray(result.order)]
+    first = 1 if skip_first else 0
+    e = np.abs(np.asarray(result.e, dtype=np.float64))[first:]
     limit = step * (0.5 if rounding == "nearest" else 1.0) * (1 + rtol)
+    if step.ndim == 2:
+        limit = limit[first:]
     return bool((e > limit).any())
 
 
@@ -180,13 +204,19 @@ def _summary(measured: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+def realised_step(grid, shape: tuple[int, int]) -> np.ndarray:
+    """The step of the grid a run used, float64: (N, n) for a per-weight grid (a group-wise
+    one, rows in original feature order), else broadcast to (n,) (scalar or per neuron)."""
+    step = np.asarray(grid.step, dtype=np.float64)
+    return step.copy() if step.ndim == 2 else np.broadcast_to(step, (shape[1],)).copy()
+
+
 def compute(spec: schema.Config, layer: data.Layer) -> dict[str, Any]:
     """The body of a record for a validated config and its layer (raises on failure)."""
     t0 = time.perf_counter()
-    grid = make_grid(spec.grid, layer.W)
-    step = np.broadcast_to(np.asarray(grid.step, dtype=np.float64), (layer.W.shape[1],)).copy()
-    Q, result = quantize(spec.algorithm, layer, grid, spec.seed)
+    Q, result, grid = quantize(spec.algorithm, layer, make_grid(spec.grid, layer.W), spec.seed)
     t1 = time.perf_counter()
+    step = realised_step(grid, layer.W.shape)
     a = spec.algorithm
     measured = measure(layer, Q, result, step)
     rtol = bounds.RTOL[spec.precision.value]

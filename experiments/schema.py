@@ -144,7 +144,8 @@ class AlgorithmConfig:
 
 @dataclass
 class GridConfig:
-    """The alphabet: a b-bit grid fitted per neuron (or per layer), or a fixed step."""
+    """The alphabet: a b-bit grid fitted per neuron (or per layer, or per neuron and group of
+    features, `group_size`), or a fixed step."""
 
     kind: GridKind = GridKind.symmetric
     bits: int = 4
@@ -153,6 +154,10 @@ class GridConfig:
     finite: bool = True  # False: keep the fitted step, drop the range (infinite alphabet)
     step: Optional[float] = None  # fixed step delta for every neuron (then `bits` is ignored)
     levels: Optional[int] = None  # with `step`: K levels, or null for the infinite alphabet
+    # GPTQ's group-wise grids (`ptq.GroupGrid`): a b-bit grid per neuron and group of
+    # `group_size` features, fitted inside the algorithm; null (or GPTQ's -1) = per channel.
+    group_size: Optional[int] = None
+    static_groups: bool = False  # groups fitted up front in original order (GPTQ's flag)
 
     def __post_init__(self):
         lo = 2 if self.kind == GridKind.symmetric else 1
@@ -164,6 +169,21 @@ class GridConfig:
             _require(self.step > 0, "grid.step", "a number > 0 or null", self.step)
         if self.levels is not None:
             _require(self.levels >= 1, "grid.levels", "an integer >= 1 or null", self.levels)
+        if self.group_size == -1:  # GPTQ's spelling of per channel
+            self.group_size = None
+        if self.group_size is None:
+            return
+        _require(self.group_size >= 1, "grid.group_size",
+                 "an integer >= 1, or null / -1 for per channel", self.group_size)
+        # The group steps are fitted inside the algorithm, on the rows of each group: there
+        # is no fixed step to give, no per-layer form, and the fit is the range (finite).
+        why = "(the group steps are fitted inside the algorithm)"
+        _require(self.step is None, "grid.step", f"null with grid.group_size {why}", self.step)
+        _require(self.per == Per.neuron, "grid.per", f"'neuron' with grid.group_size {why}",
+                 self.per.value)
+        _require(self.finite, "grid.finite",
+                 f"true with grid.group_size {why}, so the fitted range cannot be dropped",
+                 self.finite)
 
 
 @dataclass
