@@ -7,7 +7,8 @@
 
 Each run quantizes every linear layer with the one sequential driver
 (`experiments.quantize_model`), collects each layer's codes and grid through its ``on_layer``
-hook, writes ``runs/checkpoints/<model>-<algorithm>-<asym|symm>-<b>b-g<group size>-<dtype>/``
+hook, writes
+``runs/checkpoints/<model>-<algorithm>-<asym|symm>-<b>b-g<group size>[-static]-<dtype>/``
 (``model.safetensors`` + ``quantize_config.json``), reads it back into the adapter's parameters
 and scores both on held-out text (MiniLM: cosine of the sentence embeddings with the
 full-precision model; SmolLM2: perplexity).
@@ -368,20 +369,19 @@ def _get(obj, path):
 
 # ------------------------------------------------------------------------------ the table
 def run(name: str = "minilm", bits=(4,), group_sizes=(None,), algorithm: str = "optq", *,
-        grid: str = "asymmetric", format: str = "auto", dtypes=("float16",), out: str = OUT,
-        heldout: int = 64, **sizes) -> list[dict]:
-    """Write one checkpoint per (bits, group size, dtype), reload it, score it; one row each."""
+        grid: str = "asymmetric", static_groups: bool = False, format: str = "auto",
+        dtypes=("float16",), out: str = OUT, heldout: int = 64, **sizes) -> list[dict]:
+    """Write one checkpoint per (bits, group size, dtype), reload it, score it; one row each.
+
+    A group size (None: per channel) quantizes on `ptq.GroupGrid` grids through the driver's
+    ``group_size`` / ``static_groups`` options."""
     from experiments.quantize_model import make_options
 
     rows = []
     for b in bits:
         for gs in group_sizes:
-            extra = {} if gs is None else {"group_size": gs}
-            try:
-                o = make_options(algorithm, b, grid=grid, **extra)
-            except ValueError as exc:
-                raise ValueError(f"group_size {gs}: the driver's Options cannot take it yet "
-                                 f"({exc})") from None
+            extra = {} if gs is None else {"group_size": gs, "static_groups": static_groups}
+            o = make_options(algorithm, b, grid=grid, **extra)
             q = quantize(name, o, **sizes)
             layers, fmt = q.collector.finish(format)
             config = q.collector.config(o, fmt)
@@ -391,8 +391,9 @@ def run(name: str = "minilm", bits=(4,), group_sizes=(None,), algorithm: str = "
                          for lyr in layers.values())
             dense_linear = sum(4 * lyr.shape[0] * lyr.shape[1] for lyr in layers.values())
             for dtype in dtypes:
+                static = "-static" if config.static_groups else ""
                 folder = Path(out) / (f"{name}-{algorithm}-{grid[:4]}-{b}b-g{config.group_size}"
-                                      f"-{dtype}")
+                                      f"{static}-{dtype}")
                 save_model(folder, q.model, layers, config, q.model.params, dtype=dtype)
                 reloaded = load_model(folder, q.model)
                 size = file_size(folder)
@@ -447,7 +448,9 @@ def main(argv=None) -> int:
     p.add_argument("--algorithm", default="optq", choices=["rtn", "optq", "qronos"])
     p.add_argument("--bits", type=int, nargs="+", default=[4])
     p.add_argument("--group-size", type=int, nargs="+", default=[-1],
-                   help="-1: per channel; others need group-wise grids in the driver")
+                   help="features per group of the grids (ptq.GroupGrid); -1: per channel")
+    p.add_argument("--static-groups", action="store_true",
+                   help="GPTQ's static_groups: every group fitted first, in original order")
     p.add_argument("--grid", default="asymmetric", choices=["asymmetric", "symmetric"])
     p.add_argument("--format", default="auto", choices=["auto", "gptq", "gptq_v2"],
                    help="auto: GPTQ v1 unless a zero point is 0, then v2 (see ptq.pack)")
@@ -466,8 +469,8 @@ def main(argv=None) -> int:
         heldout = a.heldout or (64 if model == "minilm" else 8)
         sizes = {"tokens": a.tokens} if model == "minilm" else {"calib": a.calib}
         rows += run(model, a.bits, [None if g == -1 else g for g in a.group_size], a.algorithm,
-                    grid=a.grid, format=a.format, dtypes=a.dtype, out=a.out, heldout=heldout,
-                    **sizes)
+                    grid=a.grid, static_groups=a.static_groups, format=a.format,
+                    dtypes=a.dtype, out=a.out, heldout=heldout, **sizes)
     print(markdown(rows))
     if a.table:
         import pandas as pd

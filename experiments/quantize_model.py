@@ -21,6 +21,9 @@ What each algorithm sees (as practitioners run them):
 Biases stay in full precision. Grids are fitted per neuron to ``W`` (`ptq.Grid.fit`), by
 default GPTQ's asymmetric min-max grid; ``finite=False`` keeps the step on the infinite
 alphabet (nothing clips, so every no-clipping bound of THEORY.md section 4 applies).
+``group_size`` asks for GPTQ's group-wise grids (`ptq.GroupGrid`, fitted inside the algorithm,
+``static_groups`` as GPTQ's flag): the grid a layer used is then the result's ``grid``, its
+step (N, n), and records, measurements and bounds take that step.
 
 Measured per layer (per neuron j, in the run's precision, see `measure`): ``err2_j = ||X w_j - X_hat q_j||_2`` and
 ``errinf_j`` (the error against the full-precision target), ``self2_j = ||X_hat (w_j -
@@ -66,6 +69,8 @@ class Options(NamedTuple):
     variant: str = "paper"  # Qronos only: "paper" | "ls_first"
     seed: int = 0  # stochastic rounding: key = fold_in(key(seed), layer index)
     block_size: int = 128
+    group_size: int | None = None  # ptq.GroupGrid groups of features; None = per channel
+    static_groups: bool = False  # GPTQ's static_groups: groups fitted first, original order
 
 
 class LayerContext(NamedTuple):
@@ -79,7 +84,7 @@ class LayerContext(NamedTuple):
     X_hat: np.ndarray  # (m, N) float32: inputs under the partially quantized model
     W: np.ndarray  # (N, n) float32 full-precision weights (PyTorch weight transposed)
     b: np.ndarray | None  # (n,) bias (kept in full precision), None if the layer has none
-    grid: ptq.Grid
+    grid: ptq.Grid  # the realised grid (``result.grid``): step (N, n) with group-wise grids
     result: object  # ptq.Result (optq, qronos) or ptq.RTNResult (rtn)
     measured: dict  # per-neuron float64 measurements (`experiments.run.measure`)
 
@@ -97,17 +102,30 @@ def check_options(o: Options) -> Options:
         raise ValueError(f"`algorithm` must be one of {ALGORITHMS}; got {o.algorithm!r}")
     if o.algorithm == "rtn" and o.rounding != "nearest":
         raise ValueError(f"`rounding` must be 'nearest' for rtn; got {o.rounding!r}")
+    gs = o.group_size
+    if gs is not None:
+        if isinstance(gs, bool) or not isinstance(gs, int) or gs < 1:
+            raise ValueError(f"`group_size` must be an integer >= 1 or None (per channel); "
+                             f"got {gs!r}")
+        if not o.finite:
+            raise ValueError("`group_size` needs `finite=True`: the group steps are fitted "
+                             "inside the algorithm, on the range they cover; got finite=False")
+    if not isinstance(o.static_groups, bool):
+        raise ValueError(f"`static_groups` must be a bool; got {o.static_groups!r}")
     return o
 
 
-def make_grid(o: Options, W) -> ptq.Grid:
+def make_grid(o: Options, W) -> ptq.Grid | ptq.GroupGrid:
     """``Grid.fit(W, bits, kind=o.grid, per="neuron", mse=o.mse)``; its step on ``step*Z``
-    when ``o.finite`` is False (as `experiments.run.make_grid`)."""
+    when ``o.finite`` is False (as `experiments.run.make_grid`). With ``o.group_size`` the
+    `ptq.GroupGrid` recipe, which the algorithm fits (its result's ``grid`` is the grid used)."""
+    if o.group_size is not None:
+        return ptq.GroupGrid(o.bits, o.grid, o.group_size, static=o.static_groups, mse=o.mse)
     grid = ptq.Grid.fit(W, o.bits, kind=o.grid, per="neuron", mse=o.mse)
     return grid if o.finite else ptq.Grid.symmetric(grid.step, None)
 
 
-def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid, key=None):
+def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid | ptq.GroupGrid, key=None):
     """One layer with the chosen algorithm; returns the ptq result (``.Q`` is (N, n))."""
     common = dict(lam=o.lam, percdamp=o.percdamp, order=o.order, rounding=o.rounding,
                   key=key, block_size=o.block_size)
@@ -267,6 +285,8 @@ def _fp_inputs(model, batch, cache, name, x_fp) -> np.ndarray:
 def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb, qblock: dict,
                   base, cache, on_layer) -> dict:
     """Quantize layer (i, kind), write it into ``qblock`` and return its record."""
+    from experiments.run import realised_step
+
     name = model.layer_name(i, kind)
     W, b = Wb
     grid = make_grid(o, W)
@@ -277,14 +297,15 @@ def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb
     Q.block_until_ready()
     seconds = time.perf_counter() - t0
     qblock[kind] = (Q, b)
+    grid = res.grid  # the grid used: a GroupGrid recipe realised, step (N, n)
+    step = realised_step(grid, W.shape)
     rec = {"name": name, "layer": i, "kind": kind, "index": index, **o._asdict(),
            "m": X.shape[0], "N": W.shape[0], "n": W.shape[1],
            "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds,
            "step": np.asarray(grid.step, np.float64)}
-    step_n = np.broadcast_to(np.asarray(grid.step, np.float64), (W.shape[1],))
     target = None if cache is None else cache.target(name, X, W)
     # the algorithm's own Q (float64 in x64 mode), not the float32 copy the model runs
-    fields, measured = measure(X, X_hat, W, res.Q, res, step_n, o.algorithm, target)
+    fields, measured = measure(X, X_hat, W, res.Q, res, step, o.algorithm, target)
     rec.update(fields)
     if on_layer is not None:
         extra = on_layer(LayerContext(name, i, kind, o, X, X_hat, np.asarray(W),
@@ -322,7 +343,7 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
     X = np.asarray(ctx.X, np.float64)
     X_hat = np.asarray(ctx.X_hat, np.float64)
     W = np.asarray(ctx.W, np.float64)
-    step = np.broadcast_to(np.asarray(ctx.grid.step, np.float64), (W.shape[1],))
+    step = run.realised_step(ctx.grid, W.shape)  # (N, n) with group-wise grids, else (n,)
     res = None if o.algorithm == "rtn" else ctx.result
     precision = "float64" if jax.config.read("jax_enable_x64") else "float32"
     rtol = eb.RTOL[precision]
