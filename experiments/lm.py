@@ -4,6 +4,7 @@
     python -m experiments.lm --size smoke     # what CI runs: 210 layers on 1536 tokens
     python -m experiments.lm --size full      # 128 x 512 calibration tokens, bits 2, 3, 4, 8
     python -m experiments.lm --size bits      # bits 2, 3, 4, 8 at 16 x 512 calibration tokens
+    python -m experiments.lm --size groups    # 4 bits, groups of 128, at 16 x 512
 
     from experiments.lm import quantize_lm
     res = quantize_lm("optq", 3, calib=16)    # all 210 linear layers, in forward order
@@ -125,6 +126,8 @@ SIZES = {
     # Perplexity against bits at 16 windows, where the calibration study (figures/
     # lm_calibration.csv) found the ordering of OPTQ and Qronos settled: 16 runs, about an hour.
     "bits": Size((2, 3, 4, 8), (), _ALGS, (), _data(16, 512, 8)),
+    # The same at 4 bits with GPTQ's groups of 128 input features (4 runs).
+    "groups": Size((4,), (), _ALGS, (), {**_data(16, 512, 8), "group_size": 128}),
 }
 
 STUDY = Study("lm", SIZES, execute, "experiments.figures.lm", "lm", "perplexity")

@@ -53,7 +53,8 @@ PASSES = {
     "bounds": dict(grid="symmetric", finite=False, precision="float64"),
 }
 # The driver options a record's config may carry (everything else describes the data).
-OPTION_KEYS = ("grid", "finite", "order", "rounding", "variant", "seed", "percdamp")
+OPTION_KEYS = ("grid", "finite", "order", "rounding", "variant", "seed", "percdamp",
+               "group_size", "static_groups")
 
 
 class Size(NamedTuple):

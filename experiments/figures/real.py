@@ -180,18 +180,25 @@ def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFr
     return out
 
 
-def figures_cli(build, key: str, argv: list[str] | None = None) -> None:
+def figures_cli(build, key: str, argv: list[str] | None = None, *,
+                prefix: bool = False) -> None:
     """The command line of a whole-model study's figures: ``build(records, out_dir)`` on the
-    records of ``--runs`` (default ``runs/default/<key>``)."""
+    records of every folder of ``--runs`` (default ``runs/default/<key>``); with ``prefix``,
+    ``--prefix`` names the figures (``build(records, out_dir, prefix=...)``)."""
     from experiments.study import Study
 
     parser = argparse.ArgumentParser(description=f"Build figures/{key}_*.* from the {key} "
                                                  "study's records.")
-    parser.add_argument("--runs", default=f"runs/default/{key}", help="the study's records")
+    parser.add_argument("--runs", nargs="+", default=[f"runs/default/{key}"],
+                        help="the study's records (one or more folders)")
     parser.add_argument("--out", default="figures", help="output folder")
+    if prefix:
+        parser.add_argument("--prefix", default=key,
+                            help=f"figure names <prefix>_*.* (default {key})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build(Study.load(args.runs), args.out)
+    recs = [r for folder in args.runs for r in Study.load(folder)]
+    build(recs, args.out, **({"prefix": args.prefix} if prefix else {}))
 
 
 def main(argv: list[str] | None = None) -> None:
