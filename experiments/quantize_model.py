@@ -301,8 +301,7 @@ def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb
     step = realised_step(grid, W.shape)
     rec = {"name": name, "layer": i, "kind": kind, "index": index, **o._asdict(),
            "m": X.shape[0], "N": W.shape[0], "n": W.shape[1],
-           "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds,
-           "step": np.asarray(grid.step, np.float64)}
+           "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds, "step": step}
     target = None if cache is None else cache.target(name, X, W)
     # the algorithm's own Q (float64 in x64 mode), not the float32 copy the model runs
     fields, measured = measure(X, X_hat, W, res.Q, res, step, o.algorithm, target)

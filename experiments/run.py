@@ -168,15 +168,12 @@ def clipped(result, step: np.ndarray, rounding: str, skip_first: bool, rtol: flo
     order, so a per-weight step is taken in that order too (``step[result.order]``)."""
     if result is None:
         return False
-    step = np.asarray(step, dtype=np.float64)
-    if step.ndim == 2:
-        step = step[np.asarray(result.order)]
     first = 1 if skip_first else 0
     e = np.abs(np.asarray(result.e, dtype=np.float64))[first:]
-    limit = step * (0.5 if rounding == "nearest" else 1.0) * (1 + rtol)
-    if step.ndim == 2:
-        limit = limit[first:]
-    return bool((e > limit).any())
+    limit = np.asarray(step, dtype=np.float64) * (0.5 if rounding == "nearest" else 1.0)
+    if limit.ndim == 2:  # per weight: into processing order, the rows of e
+        limit = limit[np.asarray(result.order)][first:]
+    return bool((e > limit * (1 + rtol)).any())
 
 
 def guidance(spec: schema.Config, layer: data.Layer, order) -> dict[str, Any]:

@@ -65,14 +65,14 @@ def build_all(recs: list[dict], out_dir: str = "figures", prefix: str = "lm"
     if not any(r["status"] == "ok" for r in recs):
         raise FileNotFoundError("no successful LM records: run `python -m experiments.lm`")
     layers = real.layers_table(recs)
-    per_channel = real.layers_table([r for r in recs if not r["config"].get("group_size")])
     out = {}
     if (layers["pass"] == "practical").any():
         out[f"{prefix}_perplexity"] = build_perplexity(perplexity_table(recs), out_dir,
                                                        f"{prefix}_perplexity")
-        if (per_channel["pass"] == "practical").any():
-            out[f"{prefix}_gain"] = real.build_gain(per_channel, out_dir, f"{prefix}_gain",
-                                                    PER_BLOCK)
+        per_channel = [r for r in recs if not r["config"].get("group_size")]
+        if any(r["config"]["pass"] == "practical" for r in per_channel):
+            out[f"{prefix}_gain"] = real.build_gain(real.layers_table(per_channel), out_dir,
+                                                    f"{prefix}_gain", PER_BLOCK)
     if (layers["pass"] == "bounds").any():
         out[f"{prefix}_bounds"] = real.build_bounds(layers, out_dir, f"{prefix}_bounds",
                                                     PER_BLOCK)
