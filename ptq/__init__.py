@@ -9,6 +9,9 @@ Public API::
     ptq.optq(X, W, grid, ...)        OPTQ / stochastic OPTQ                -> ptq.Result
     ptq.qronos(X, X_hat, W, grid, ...)  Qronos, variants "paper" and "ls_first" -> ptq.Result
     ptq.rtn(W, grid)                 round to nearest                      -> ptq.RTNResult
+    ptq.optq_waterfill(X, W, rate=)  OPTQ with steps c / r_t (reverse waterfilling), c set
+                                     by the codes' entropy              -> ptq.WaterfillResult
+    ptq.rate                         entropy-coded rate of codes (NumPy only)
     ptq.reference                    slow float64 NumPy oracle (least-squares definitions)
     ptq.options                      order / lam resolution shared with `theory` (NumPy only)
     ptq.pack                         GPTQ v1 packed checkpoints: pack / unpack, safetensors
@@ -34,13 +37,16 @@ _LAZY = {
     "rtn": "ptq._rtn",
     "Result": "ptq.layer",
     "RTNResult": "ptq._rtn",
+    "optq_waterfill": "ptq._waterfill",
+    "WaterfillResult": "ptq._waterfill",
     "PackedLayer": "ptq.pack",
     "QuantizeConfig": "ptq.pack",
 }
-_SUBMODULES = ("options", "reference", "grid", "kernel", "layer", "pack")
+_SUBMODULES = ("options", "reference", "grid", "kernel", "layer", "pack", "rate")
 
 __all__ = ["Grid", "GroupGrid", "optq", "qronos", "rtn", "Result", "RTNResult", "options",
-           "reference", "pack", "PackedLayer", "QuantizeConfig"]
+           "reference", "pack", "PackedLayer", "QuantizeConfig", "optq_waterfill",
+           "WaterfillResult", "rate"]
 
 
 def __getattr__(name: str):
@@ -59,10 +65,11 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager names
-    from ptq import options, pack, reference
+    from ptq import options, pack, rate, reference
     from ptq.grid import Grid, GroupGrid
     from ptq.layer import Result
     from ptq._optq import optq
     from ptq._qronos import qronos
     from ptq._rtn import RTNResult, rtn
+    from ptq._waterfill import WaterfillResult, optq_waterfill
     from ptq.pack import PackedLayer, QuantizeConfig
