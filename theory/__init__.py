@@ -19,6 +19,9 @@ original feature order), README section 7. Public API::
     qronos_linf_bound(X, X_hat, W, step, p=, variant=, ...) Q3
     lam_guidance(X, W, bits=|levels=, ...)       lam minimising B1/S1 subject to B3/S3
     output_errors(X, W, Q, ...), tightness(measured, bound)
+    layer_limit(X, W, ...)                       the rate-distortion references (section 8):
+                                                 .gaussian(R), .slb(R); bits_above(D, D_ref)
+    reverse_waterfilling(eig, R), entropy_power(z), waterfill_l2_bound(c, N)
 """
 
 from theory._factor import Factors, ResidualNorms, factorise, residual_norms
@@ -32,15 +35,31 @@ from theory.optq_bounds import (
     optq_structural_bound,
     optq_weight_bound,
 )
+from theory.rate_distortion import (
+    EntropyPower,
+    LayerLimit,
+    bits_above,
+    entropy_power,
+    layer_limit,
+    reverse_waterfilling,
+    waterfill_l2_bound,
+)
 from theory.qronos_bounds import optq_mismatch_l2_bound, qronos_l2_bound, qronos_linf_bound
 from theory.stochastic import stochastic_l2_bound, stochastic_linf_bound, stochastic_weight_bound
 
 __all__ = [
+    "EntropyPower",
     "Factors",
+    "LayerLimit",
     "LamGuidance",
     "OutputErrors",
     "ResidualNorms",
     "StructuralBound",
+    "bits_above",
+    "entropy_power",
+    "layer_limit",
+    "reverse_waterfilling",
+    "waterfill_l2_bound",
     "WeightBound",
     "factorise",
     "lam_guidance",
