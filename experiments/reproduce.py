@@ -20,7 +20,11 @@ figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a b
 damping) has smoke and full sizes only and is left out of the default reproduce; the row
 ``qat`` is PTQ against QAT on MiniLM with the output scales gamma and least squares
 (`experiments.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and its
-figure ``qat`` (``--size full`` has the longer QAT schedule).
+figure ``qat`` (``--size full`` has the longer QAT schedule); ``rate_distortion`` measures
+every quantizer on every MiniLM layer against the layer's rate-distortion references
+(`experiments.rate_distortion`, records in ``runs/<size>/rate_distortion/``, figure
+``rate_distortion``; its violations count the waterfilling bound B1' exceeded and the rows
+below the Shannon lower bound by more than the entropy-power estimate's stated error).
 They need the model packages (``make install``) and are left out with ``--only`` naming
 synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
@@ -46,7 +50,8 @@ log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
 # The whole-model studies' rows (not Hydra presets): row name -> the module holding STUDY.
 STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm",
-           "lm_calibration": "experiments.lm_calibration", "qat": "experiments.qat"}
+           "lm_calibration": "experiments.lm_calibration", "qat": "experiments.qat",
+           "rate_distortion": "experiments.rate_distortion"}
 
 
 def study_sizes(name: str) -> set[str]:
