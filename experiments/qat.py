@@ -177,6 +177,7 @@ class TrainResult(NamedTuple):
     loss_initial: float  # the loss on the whole calibration batch before training ...
     loss_final: float  # ... and after (the projected weights)
     grad_norms: dict  # layer name -> ||dL/dv|| at the first step (every layer gets a gradient)
+    codes_changed: float  # fraction of weights whose integer code differs from the start's
 
 
 def _names(model):
@@ -335,6 +336,7 @@ def train(model, batch, init: dict, grids: dict, *, steps: int, lr: float, batch
         bar.set_postfix(loss=f"{losses[t]:.4g}")
     bar.close()
     blocks, final = [], {}
+    changed = total = 0
     for i, (p, row) in enumerate(zip(frozen["blocks"], names)):
         q = dict(p)
         for k, n in zip(model.kinds, row):
@@ -343,9 +345,13 @@ def train(model, batch, init: dict, grids: dict, *, steps: int, lr: float, batch
                 g = g._replace(step=_lsq_step(g, latent["u"][i][k]))
             q[k] = (fq.project(latent["v"][i][k] * grids[n].step, g), p[k][1])
             final[n] = g
+            # the start's codes (RTN of W, or the PTQ codes) against the final ones
+            changed += int(jnp.sum(grids[n].codes(init[n]) != g.codes(q[k][0])))
+            total += q[k][0].size
         blocks.append(q)
     params = {**frozen, "blocks": blocks}
-    return TrainResult(params, final, losses, loss_initial, whole_loss(params), grad_norms)
+    return TrainResult(params, final, losses, loss_initial, whole_loss(params), grad_norms,
+                       changed / total)
 
 
 def check_on_grid(params, grids: dict, model) -> None:
@@ -434,7 +440,8 @@ def execute(cfg: dict[str, Any]) -> dict[str, Any]:
         params, seconds, peak = res.params, init_s + train_s, max(init_peak, train_peak)
         out.update(on_grid=True, init_s=init_s, train_s=train_s,
                    losses=res.losses.tolist(), loss_initial=res.loss_initial,
-                   loss_final=res.loss_final, grad_norm_min=min(res.grad_norms.values()))
+                   loss_final=res.loss_final, grad_norm_min=min(res.grad_norms.values()),
+                   codes_changed=res.codes_changed)
     out.update(cosine_mean=heldout_quality(params, cfg["heldout"]), seconds=seconds,
                peak_mb=peak)
     scaled, layers = {}, {}

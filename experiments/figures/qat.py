@@ -4,7 +4,7 @@
   ``gamma`` (the output scale applied: ``none``, ``gamma``, ``gamma_channel``, ``ls``,
   ``ls_channel``), ``seed``, ``quality`` (mean held-out cosine), ``seconds`` (the method's
   wall time; a scale's own pass is in ``scale_seconds``), ``peak_mb``, and for QAT the
-  calibration loss before and after training.
+  calibration loss before and after training and the fraction of weights whose code changed.
 * ``figures/qat.png/pdf``: left, quality against bits, median over seeds with the range as
   error bars, solid unscaled and dashed with gamma; right, at 2 and 3 bits, quality against
   the method's seconds (log), every seed a point.
@@ -32,7 +32,7 @@ COLORS = {"rtn": "#7f7f7f", "optq": "#1f77b4", "qronos": "#d62728", "qat_rtn": "
 LABELS = {"rtn": "RTN", "optq": "OPTQ", "qronos": "Qronos", "qat_rtn": "QAT from RTN",
           "qat_optq": "QAT from OPTQ", "qat_qronos": "QAT from Qronos"}
 COLUMNS = ["method", "bits", "gamma", "seed", "quality", "seconds", "scale_seconds",
-           "peak_mb", "steps", "loss_initial", "loss_final"]
+           "peak_mb", "steps", "loss_initial", "loss_final", "codes_changed"]
 
 
 def table(recs: list[dict]) -> pd.DataFrame:
@@ -45,7 +45,8 @@ def table(recs: list[dict]) -> pd.DataFrame:
         base = {"method": c["name"], "bits": c["bits"], "seed": c["seed"],
                 "seconds": r["seconds"], "peak_mb": r["peak_mb"], "steps": c.get("steps", 0),
                 "loss_initial": r.get("loss_initial", np.nan),
-                "loss_final": r.get("loss_final", np.nan)}
+                "loss_final": r.get("loss_final", np.nan),
+                "codes_changed": r.get("codes_changed", np.nan)}
         rows.append({**base, "gamma": "none", "quality": r["cosine_mean"],
                      "scale_seconds": 0.0})
         for v, s in r.get("scaled", {}).items():
