@@ -12,7 +12,8 @@ The sizes are the Hydra preset ``conf/study/qat.yaml``. One record per (method, 
   practical pass of the MiniLM study.
 * ``qat_rtn``, ``qat_optq``, ``qat_qronos``: quantization-aware training (`train`), the
   latent weights initialised from the full-precision weights (QAT from RTN: its first forward
-  is RTN) or from the PTQ result (PTQ then QAT); the grid is the one PTQ used, fixed
+  is RTN) or from what PTQ rounded (PTQ then QAT: ``z = Q + e``, each weight's value when
+  OPTQ / Qronos rounded it, so the first forward is the PTQ model; `run_ptq`); the grid is the one PTQ used, fixed
   (straight-through, `ptq.qat.fake_quant`), or with learned steps (``lsq=true``, LSQ,
   `ptq.qat.lsq_quant`). The loss is distillation on the calibration text only::
 
@@ -21,7 +22,8 @@ The sizes are the Hydra preset ``conf/study/qat.yaml``. One record per (method, 
   the last hidden states of the quantized and the full-precision encoder (non-padding tokens).
   Adam (optax) on the latent weights in units of their grid step (``w = step * v``, so a
   learning rate of 0.01 moves a weight by about 0.01 steps at most per update at every
-  bit-width and layer), cosine decay to 0, mini-batches of whole calibration sequences drawn
+  bit-width and layer; the presets use 0.001: at 0.01 QAT from RTN at 4 bits ended worse
+  than it started), cosine decay to 0, mini-batches of whole calibration sequences drawn
   by a seeded shuffle. The final weights are ``Q(w)`` (`ptq.qat.project`, which raises unless
   every weight is on the grid).
 
@@ -145,21 +147,47 @@ def layer_grids(model, bits: int) -> dict[str, ptq.Grid]:
             for i, p in enumerate(model.params["blocks"]) for k in model.kinds}
 
 
-def run_ptq(model, algorithm: str, bits: int, batch) -> dict:
-    """One PTQ method on the whole model: the quantized params (adapter layout)."""
+class PTQRun(NamedTuple):
+    """One PTQ method on the whole model."""
+
+    params: dict  # the quantized params (adapter layout)
+    rounded: dict  # layer name -> (N, n) the value each weight had when it was rounded
+
+
+def _rounded(ctx) -> dict:
+    """``z = Q + e`` in the original feature order: what OPTQ / Qronos rounded (ptq.Result)."""
+    r = ctx.result
+    z = np.array(r.Q, np.float32)
+    z[np.asarray(r.order)] += np.asarray(r.e, np.float32)
+    return {"rounded": z}
+
+
+def run_ptq(model, algorithm: str, bits: int, batch) -> PTQRun:
+    """One PTQ method on the whole model: the quantized params and the rounded values.
+
+    ``rounded`` is the latent start of PTQ then QAT: W for RTN; for OPTQ and Qronos the
+    updated weight ``z_t = q_t + e_t`` each feature had when it was rounded (identity I3's
+    ``e``), so that the first fake-quantized forward is the PTQ model and every latent weight
+    sits where PTQ left it inside its rounding interval, as W does for RTN (a start at ``Q``
+    itself, the middle of the interval, needs half a step of travel to change any code).
+    """
+    names = [[model.layer_name(i, k) for k in model.kinds] for i in range(model.n_blocks)]
     if algorithm == "rtn":  # no data: each layer rounded on its grid, as the driver would
         grids = layer_grids(model, bits)
-        blocks = [dict(p, **{k: (ptq.rtn(p[k][0], grids[model.layer_name(i, k)]).Q, p[k][1])
-                             for k in model.kinds})
-                  for i, p in enumerate(model.params["blocks"])]
-        return {**model.params, "blocks": blocks}
-    _, params = qm.quantize_model(model, qm.make_options(algorithm, bits), batch)
-    return params
+        blocks = [dict(p, **{k: (ptq.rtn(p[k][0], grids[n]).Q, p[k][1])
+                             for k, n in zip(model.kinds, row)})
+                  for p, row in zip(model.params["blocks"], names)]
+        rounded = {n: p[k][0] for p, row in zip(model.params["blocks"], names)
+                   for k, n in zip(model.kinds, row)}
+        return PTQRun({**model.params, "blocks": blocks}, rounded)
+    records, params = qm.quantize_model(model, qm.make_options(algorithm, bits), batch,
+                                        on_layer=_rounded)
+    return PTQRun(params, {r["name"]: r["rounded"] for r in records})
 
 
 @functools.lru_cache(maxsize=2)
 def _ptq_cached(algorithm: str, bits: int, tokens: int, seed: int):
-    """PTQ params with their seconds and peak MB, kept for the QAT run that starts from them."""
+    """PTQ run with its seconds and peak MB, kept for the QAT run that starts from it."""
     model = _model()
     return _measured(lambda: run_ptq(model, algorithm, bits, calibration(tokens, seed)))
 
@@ -422,17 +450,18 @@ def execute(cfg: dict[str, Any]) -> dict[str, Any]:
     name, bits = cfg["name"], cfg["bits"]
     out: dict[str, Any] = {}
     if name in PTQ_METHODS:
-        params, seconds, peak = _ptq_cached(name, bits, cfg["tokens"], cfg["seed"])
+        run, seconds, peak = _ptq_cached(name, bits, cfg["tokens"], cfg["seed"])
+        params = run.params
     else:
         init_alg = QAT_METHODS[name]
         grids = layer_grids(model, bits)
         if init_alg == "rtn":  # latent = W: the first forward is RTN on the same grid
-            init_params, init_s, init_peak = model.params, 0.0, 0.0
-        else:
-            init_params, init_s, init_peak = _ptq_cached(init_alg, bits, cfg["tokens"],
-                                                         cfg["seed"])
-        init = {model.layer_name(i, k): p[k][0]
-                for i, p in enumerate(init_params["blocks"]) for k in model.kinds}
+            init = {model.layer_name(i, k): p[k][0]
+                    for i, p in enumerate(model.params["blocks"]) for k in model.kinds}
+            init_s = init_peak = 0.0
+        else:  # latent = what PTQ rounded: the first forward is the PTQ model
+            run, init_s, init_peak = _ptq_cached(init_alg, bits, cfg["tokens"], cfg["seed"])
+            init = run.rounded
         res, train_s, train_peak = _measured(lambda: train(
             model, batch, init, grids, steps=cfg["steps"], lr=cfg["lr"],
             batch_size=cfg["batch"], seed=cfg["seed"], lsq=cfg["lsq"]))
@@ -523,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["METHODS", "SCALES", "STUDY", "Size", "TrainResult", "apply_scales", "calibration",
            "check_on_grid", "execute", "heldout_quality", "layer_grids", "load_sizes", "main",
-           "run_ptq", "train"]
+           "PTQRun", "run_ptq", "train"]
 
 if __name__ == "__main__":
     sys.exit(main())

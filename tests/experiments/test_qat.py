@@ -61,7 +61,7 @@ def test_fake_quantized_forward_equals_the_ptq_forward(model, batch, lsq):
                        for row in names]
     b = qat._Batch(jnp.asarray(batch.ids), jnp.asarray(batch.mask))
     fake = qat._hidden(model, qat._student(model, model.params, latent, g_tree, lsq), b)
-    ref = qat._hidden(model, qat.run_ptq(model, "rtn", 3, batch), b)
+    ref = qat._hidden(model, qat.run_ptq(model, "rtn", 3, batch).params, b)
     m = np.asarray(batch.mask, bool)
     # Weights: w = (W / step) * step may differ from W by one float32 rounding, which moves
     # Q only for a weight within 1 ulp of a rounding boundary; the hidden states then agree to
@@ -100,7 +100,7 @@ def test_bad_training_arguments(model, batch):
 
 
 def test_least_squares_scales_never_increase_a_layer_error(model, batch):
-    params = qat.run_ptq(model, "rtn", 2, batch)
+    params = qat.run_ptq(model, "rtn", 2, batch).params
     _, layers = qat.apply_scales(model, params, batch, "ls", "channel")
     assert len(layers) == 36
     for lyr in layers:
@@ -130,3 +130,19 @@ def test_smoke_study_through_reproduce(tmp_path):
     assert summary.set_index("figure").loc["qat", "errors"] == 0
     for ext in ("png", "pdf"):
         assert os.path.getsize(os.path.join(out, f"qat.{ext}")) > 1000
+
+
+def test_ptq_then_qat_starts_from_what_ptq_rounded(model, batch):
+    # z = Q + e (identity I3's e, back in feature order) rounds to PTQ's own codes on the
+    # study's grid: the first fake-quantized forward of QAT from OPTQ is the OPTQ model.
+    run = qat.run_ptq(model, "optq", 3, batch)
+    grids = qat.layer_grids(model, 3)
+    moved = 0
+    for i, p in enumerate(run.params["blocks"]):
+        for k in model.kinds:
+            n = model.layer_name(i, k)
+            z, Q = run.rounded[n], p[k][0]
+            assert not np.allclose(z, Q)  # inside the intervals, not at the levels
+            moved += int(jnp.sum(grids[n].codes(z) != grids[n].codes(Q)))
+    # z is rebuilt in float32, so a weight rounded within an ulp of a boundary may flip
+    assert moved <= 1e-6 * sum(p[k][0].size for p in run.params["blocks"] for k in model.kinds)
