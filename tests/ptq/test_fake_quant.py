@@ -120,6 +120,24 @@ def test_gamma_matches_the_standard_deviation(TY):
     assert np.std(gl * Y) == pytest.approx(np.std(T), rel=1e-12)
 
 
+@pytest.mark.parametrize("per", ["layer", "channel"])
+def test_gamma_is_the_centred_least_squares_scale_over_rho(TY, per):
+    # theory/README section 9: gamma = c~ / rho and ||t~ - gamma y~||^2 = 2 (1 - rho) ||t~||^2
+    T, Y = TY
+    axis = None if per == "layer" else 0
+    g = np.asarray(qat.output_scale(T, Y, "gamma", per))
+    Tc, Yc = T - T.mean(axis=axis), Y - Y.mean(axis=axis)
+    tt, yy, ty = (np.sum(a * b, axis=axis) for a, b in ((Tc, Tc), (Yc, Yc), (Tc, Yc)))
+    rho = ty / np.sqrt(tt * yy)
+    np.testing.assert_allclose(g, (ty / yy) / rho, rtol=1e-12)
+    np.testing.assert_allclose(np.sum((Tc - g * Yc) ** 2, axis=axis), 2 * (1 - rho) * tt,
+                               rtol=1e-10)
+    # against the centred LS minimum (1 - rho^2) ||t~||^2: the factor 2 / (1 + rho)
+    c = ty / yy
+    np.testing.assert_allclose(np.sum((Tc - c * Yc) ** 2, axis=axis), (1 - rho**2) * tt,
+                               rtol=1e-10)
+
+
 def test_gamma_can_hurt(rng):
     # Y = 0.5 T + noise of the same energy: gamma inflates the noise back, s shrinks it
     T = rng.standard_normal((500, 4))
