@@ -50,7 +50,9 @@ Unpacking returns exactly the codes, zero points and g_idx that were packed.
 Files (`save` / `load`): one safetensors file, keys ``<layer>.qweight``, ``.qzeros``,
 ``.scales``, ``.g_idx`` per layer plus any other tensors as given, and ``quantize_config.json``
 (bits, group_size, desc_act, sym, static_groups, damp_percent, true_sequential, quant_method
-"gptq", checkpoint_format).
+"gptq", checkpoint_format, and ``dynamic`` where layers differ: GPTQModel's per-layer
+overrides, `QuantizeConfig.for_layer`, which `save` checks each layer against and `load` reads
+each layer's bits from).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Literal, Mapping, NamedTuple
 
@@ -112,9 +115,13 @@ class QuantizeConfig:
     true_sequential: bool = True
     quant_method: str = "gptq"
     checkpoint_format: str = "gptq"
+    # GPTQModel's per-layer overrides: regex -> {field: value} (see `for_layer`); None: none
+    dynamic: Mapping[str, Mapping] | None = None
 
     def __post_init__(self):
         _check_bits(self.bits)
+        if self.dynamic is not None:
+            _check_dynamic(self.dynamic)
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or not (
                 self.group_size == -1 or self.group_size >= 1):
             raise ValueError(f"`group_size` must be -1 (per channel) or an integer >= 1; got "
@@ -126,7 +133,29 @@ class QuantizeConfig:
             raise ValueError(f"`quant_method` must be 'gptq'; got {self.quant_method!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.dynamic is None:  # the plain AutoGPTQ file, as before overrides existed
+            del d["dynamic"]
+        else:
+            d["dynamic"] = {k: dict(v) for k, v in self.dynamic.items()}
+        return d
+
+    def for_layer(self, name: str) -> "QuantizeConfig | None":
+        """The config that applies to layer ``name`` under ``dynamic`` (GPTQModel's rules).
+
+        Rules are tried in order: a key ``"-:<regex>"`` that matches excludes the layer (None:
+        it is not quantized); any other key, ``"+:<regex>"`` or ``"<regex>"``, that matches
+        gives the layer this config with the rule's fields (``bits``, ``group_size``, ``sym``,
+        ``desc_act``) replaced; the first match wins, and no match leaves the config as is.
+        Matching is `re.match` (anchored at the start of the name, not at its end).
+        """
+        for key, fields in (self.dynamic or {}).items():
+            if key.startswith("-:"):
+                if re.match(key[2:], name):
+                    return None
+            elif re.match(key.removeprefix("+:"), name):
+                return dataclasses.replace(self, dynamic=None, **fields)
+        return dataclasses.replace(self, dynamic=None)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "QuantizeConfig":
@@ -421,14 +450,17 @@ def save(directory, layers: Mapping[str, PackedLayer], config: QuantizeConfig, *
     out: dict[str, np.ndarray] = {}
     for name, layer in layers.items():
         check_packed(layer, name)
+        c = config.for_layer(name)
+        if c is None:
+            raise ValueError(f"layer {name!r} is packed but `config.dynamic` excludes it")
         N, _ = layer.shape
-        G = 1 if config.group_size == -1 else -(-N // config.group_size)
+        G = 1 if c.group_size == -1 else -(-N // c.group_size)
         if (layer.bits, layer.format, layer.scales.shape[0]) != (
-                config.bits, config.checkpoint_format, G):
+                c.bits, c.checkpoint_format, G):
             raise ValueError(
                 f"layer {name!r}: has bits {layer.bits}, format {layer.format!r}, "
-                f"{layer.scales.shape[0]} groups; the config needs bits {config.bits}, format "
-                f"{config.checkpoint_format!r}, {G} groups (group_size {config.group_size})")
+                f"{layer.scales.shape[0]} groups; the config needs bits {c.bits}, format "
+                f"{c.checkpoint_format!r}, {G} groups (group_size {c.group_size})")
         out.update({f"{name}.{t}": np.ascontiguousarray(getattr(layer, t)) for t in TENSORS})
     for key, value in (tensors or {}).items():
         if key in out:
@@ -458,14 +490,40 @@ def load(directory) -> Checkpoint:
         missing = [t for t in TENSORS if f"{name}.{t}" not in flat]
         if missing:
             raise ValueError(f"layer {name!r}: {folder / WEIGHTS_FILE} lacks {missing}")
-        layer = PackedLayer(*(flat.pop(f"{name}.{t}") for t in TENSORS), config.bits,
-                            config.checkpoint_format)
+        c = config.for_layer(name)
+        if c is None:
+            raise ValueError(f"layer {name!r}: {folder / WEIGHTS_FILE} holds it packed but the "
+                             f"config's `dynamic` excludes it")
+        layer = PackedLayer(*(flat.pop(f"{name}.{t}") for t in TENSORS), c.bits,
+                            c.checkpoint_format)
         check_packed(layer, name)
         layers[name] = layer
     return Checkpoint(layers, flat, config)
 
 
 # ------------------------------------------------------------------------------- checks
+DYNAMIC_FIELDS = ("bits", "group_size", "sym", "desc_act")
+
+
+def _check_dynamic(dynamic) -> None:
+    """Each rule: a string regex (optionally ``+:`` / ``-:``) -> a mapping of override fields."""
+    if not isinstance(dynamic, Mapping):
+        raise ValueError(f"`dynamic` must be a mapping regex -> overrides; got "
+                         f"{type(dynamic).__name__}")
+    for key, fields in dynamic.items():
+        if not isinstance(key, str):
+            raise ValueError(f"`dynamic` keys must be regex strings; got {key!r}")
+        try:
+            re.compile(key[2:] if key.startswith(("+:", "-:")) else key)
+        except re.error as err:
+            raise ValueError(f"`dynamic` key {key!r} is not a regular expression: {err}") from None
+        if not isinstance(fields, Mapping) or set(fields) - set(DYNAMIC_FIELDS):
+            raise ValueError(f"`dynamic[{key!r}]` must be a mapping with keys among "
+                             f"{DYNAMIC_FIELDS}; got {fields!r}")
+        if "bits" in fields:
+            _check_bits(fields["bits"])
+
+
 def _check_bits(bits) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in BITS:
         raise ValueError(f"`bits` must be one of {BITS}; got {bits!r}")

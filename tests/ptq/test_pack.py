@@ -292,6 +292,46 @@ def test_save_checks_config(tmp_path):
         pk.load(tmp_path / "nothing")
 
 
+def test_dynamic_overrides_round_trip_mixed_bits(tmp_path):
+    # a mixed-precision checkpoint: base 3 bits, block 0 at 8, the MLPs at 2 (GPTQModel rules)
+    rng = np.random.default_rng(8)
+    bits = {"model.layers.0.mlp.up_proj": 8, "model.layers.0.self_attn.q_proj": 8,
+            "model.layers.1.mlp.up_proj": 2, "model.layers.1.self_attn.q_proj": 3}
+    layers = {}
+    for name, b in bits.items():
+        codes, scales, zeros, _ = random_layer(rng, 64, 32, 1, b)
+        layers[name] = pk.pack(codes, scales, zeros, bits=b)
+    dynamic = {r"+:model\.layers\.0\.": {"bits": 8}, r".*mlp": {"bits": 2},
+               r"-:lm_head": {}}
+    config = pk.QuantizeConfig(bits=3, dynamic=dynamic)
+    assert {n: config.for_layer(n).bits for n in bits} == bits  # first match wins
+    assert config.for_layer("lm_head") is None
+    pk.save(tmp_path / "ckpt", layers, config)
+    meta = json.loads((tmp_path / "ckpt" / "quantize_config.json").read_text())
+    assert meta["bits"] == 3 and meta["dynamic"] == dynamic
+    ck = pk.load(tmp_path / "ckpt")
+    assert ck.config == config
+    for name, layer in layers.items():
+        assert ck.layers[name].bits == bits[name]
+        np.testing.assert_array_equal(pk.unpack(ck.layers[name]).codes, pk.unpack(layer).codes)
+    # a layer at other bits than its rule says, or packed while excluded, is refused
+    with pytest.raises(ValueError, match=r"'model.layers.0.mlp.up_proj': has bits 8.*needs bits 3"):
+        pk.save(tmp_path / "bad", layers, pk.QuantizeConfig(bits=3, dynamic={"+:x": {"bits": 8}}))
+    with pytest.raises(ValueError, match="excludes it"):
+        pk.save(tmp_path / "bad", layers, pk.QuantizeConfig(bits=3, dynamic={"-:model": {}}))
+
+
+@pytest.mark.parametrize("dynamic, match", [
+    ({"+:a": {"bits": 5}}, "`bits` must be one of"),
+    ({"+:a": {"scale": 2}}, r"`dynamic\['\+:a'\]` must be a mapping with keys among"),
+    ({"+:(": {"bits": 4}}, "is not a regular expression"),
+    ([("a", {})], "`dynamic` must be a mapping"),
+])
+def test_dynamic_errors(dynamic, match):
+    with pytest.raises(ValueError, match=match):
+        pk.QuantizeConfig(bits=4, dynamic=dynamic)
+
+
 def test_import_is_numpy_only():
     code = ("import sys, ptq, ptq.pack; ptq.PackedLayer; ptq.pack.QuantizeConfig(bits=4); "
             "assert 'jax' not in sys.modules, 'jax imported'")
