@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -213,16 +214,26 @@ class Collector:
         return {k: pk.convert(v, format, name=k) for k, v in self.v2.items()}, format
 
     def config(self, options, format: str) -> pk.QuantizeConfig:
-        """The `ptq.pack.QuantizeConfig` of the collected layers and the driver's options."""
-        if len(self.kinds) != 1:
-            raise ValueError("the layers mix bit-widths, grid kinds or groups: "
-                             f"{sorted(self.kinds, key=str)}")
-        ((bits, sym, gs, static),) = self.kinds
+        """The `ptq.pack.QuantizeConfig` of the collected layers and the driver's options.
+
+        Layers may differ in bits only (mixed precision, the driver's ``overrides``): the
+        config's ``bits`` is then the most common width (the smaller on a tie) and every other
+        layer gets a GPTQModel ``dynamic`` rule ``+:^<escaped name>$ -> {"bits": b}``.
+        """
+        rest = {k[1:] for k in self.kinds}
+        if len(rest) != 1:
+            raise ValueError(f"the layers mix grid kinds or groups: {sorted(rest, key=str)}")
+        ((sym, gs, static),) = rest
+        widths = {name: lyr.bits for name, lyr in self.v2.items()}
+        counts = {b: list(widths.values()).count(b) for b in set(widths.values())}
+        bits = max(sorted(counts), key=counts.get)
+        dynamic = {f"+:^{re.escape(name)}$": {"bits": b} for name, b in widths.items()
+                   if b != bits}
         return pk.QuantizeConfig(
             bits=bits, group_size=-1 if gs is None else gs,
             desc_act=options.order != "natural", sym=sym, static_groups=static,
             damp_percent=0.01 if options.percdamp is None else float(options.percdamp),
-            checkpoint_format=format)
+            checkpoint_format=format, dynamic=dynamic or None)
 
 
 def stored_weights(codes, grid) -> np.ndarray:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -208,7 +208,7 @@ class FullPrecisionCache:
 def quantize_model(model: Model, options: Options, batch, *,
                    on_layer: Callable[[LayerContext], dict | None] | None = None,
                    stop_at: str | None = None, cache: FullPrecisionCache | None = None,
-                   progress: bool = False):
+                   progress: bool = False, overrides: Mapping[str, Mapping] | None = None):
     """Quantize every linear layer of ``model`` in forward order on one calibration batch.
 
     Args:
@@ -220,6 +220,9 @@ def quantize_model(model: Model, options: Options, batch, *,
       stop_at: a layer name: return that layer's X_hat once every earlier layer is quantized.
       cache: keeps the full-precision inputs and targets across calls on the same batch.
       progress: a progress bar over the linear layers.
+      overrides: layer name -> {Options field: value} for that layer only (mixed precision:
+        ``{"encoder.layer.0.attention.self.query": {"bits": 8}}``); every name must be a
+        linear layer of the model, and each layer's options are checked as ``options`` are.
 
     Returns:
       ``(records, params)``: one dict per linear layer (name, layer, kind, index, the options,
@@ -233,6 +236,7 @@ def quantize_model(model: Model, options: Options, batch, *,
     if stop_at is not None and stop_at not in names:
         raise ValueError(f"`stop_at` must be a linear layer name such as {names[0]!r}; "
                          f"got {stop_at!r}")
+    layer_options = _layer_options(o, names, overrides or {})
     params = model.params
     qblocks = [dict(p) for p in params["blocks"]]
     base = jax.random.key(o.seed)
@@ -258,12 +262,28 @@ def quantize_model(model: Model, options: Options, batch, *,
                 if name == stop_at:
                     bar.close()
                     return X_hat
-                rec = _quantize_one(o, model, i, kind, len(records), X, X_hat,
+                rec = _quantize_one(layer_options[name], model, i, kind, len(records), X, X_hat,
                                     params["blocks"][i][kind], qblocks[i], base, cache, on_layer)
                 records.append(rec)
                 bar.update()
     bar.close()
     return records, {**params, "blocks": qblocks}
+
+
+def _layer_options(o: Options, names: list[str], overrides: Mapping[str, Mapping]) -> dict:
+    """Layer name -> its checked `Options`: ``o`` with that layer's overrides applied."""
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"`overrides` must name linear layers such as {names[0]!r}; got "
+                         f"{len(unknown)} others, e.g. {unknown[0]!r}")
+    out = {}
+    for name in names:
+        fields = dict(overrides.get(name, {}))
+        bad = sorted(set(fields) - set(Options._fields))
+        if bad:
+            raise ValueError(f"`overrides[{name!r}]` must set Options fields; got {bad}")
+        out[name] = check_options(o._replace(**fields)) if fields else o
+    return out
 
 
 def _finish(stages):

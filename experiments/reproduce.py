@@ -24,7 +24,11 @@ figure ``qat`` (``--size full`` has the longer QAT schedule); ``rate_distortion`
 every quantizer on every MiniLM layer against the layer's rate-distortion references
 (`experiments.rate_distortion`, records in ``runs/<size>/rate_distortion/``, figure
 ``rate_distortion``; its violations count the waterfilling bound B1' exceeded and the rows
-below the Shannon lower bound by more than the entropy-power estimate's stated error).
+below the Shannon lower bound by more than the entropy-power estimate's stated error);
+``allocation`` gives MiniLM's layers mixed bits under an average-bits budget by seed 002's
+formula, by the theory and uniformly, and scores each end to end (`experiments.allocation`,
+records in ``runs/<size>/allocation/``, figure ``allocation``; its violations count runs over
+their budget and checkpoints whose per-layer bits or weights do not survive the round trip).
 They need the model packages (``make install``) and are left out with ``--only`` naming
 synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
@@ -51,7 +55,8 @@ S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
 # The whole-model studies' rows (not Hydra presets): row name -> the module holding STUDY.
 STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm",
            "lm_calibration": "experiments.lm_calibration", "qat": "experiments.qat",
-           "rate_distortion": "experiments.rate_distortion"}
+           "rate_distortion": "experiments.rate_distortion",
+           "allocation": "experiments.allocation"}
 
 
 def study_sizes(name: str) -> set[str]:
