@@ -369,6 +369,7 @@ class AllocationStudy:
     """The study as `experiments.reproduce` runs it (``sizes``, ``run_and_build``)."""
 
     key = "allocation"
+    in_default_reproduce = False  # `--only allocation` at default size (the budget)
     sizes = SIZES
 
     def run_study(self, size_name: str, folder: str) -> int:

@@ -168,6 +168,7 @@ class RateDistortionStudy:
     """The study as `experiments.reproduce` runs it (``sizes``, ``run_and_build``)."""
 
     key = "rate_distortion"
+    in_default_reproduce = False  # `--only rate_distortion` at default size (the budget)
     sizes = SIZES
 
     def layer_names(self, size: Size) -> tuple[str, ...]:

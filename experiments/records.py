@@ -139,6 +139,19 @@ def rows(record: dict[str, Any], file: str = "") -> list[dict[str, Any]]:
     return out
 
 
+def current(recs: list[dict], ids: set[str] | None, folder: str = "") -> list[dict]:
+    """The records whose ``id`` is in ``ids`` (all of them for None): a folder also holds the
+    records of configurations a preset no longer has, which the figures must not mix in; how
+    many are left out is logged."""
+    if ids is None:
+        return recs
+    kept = [r for r in recs if r.get("id") in ids]
+    if len(kept) < len(recs):
+        log.info("%s: %d records of other configurations left out", folder or "records",
+                 len(recs) - len(kept))
+    return kept
+
+
 def load(folders: str | Iterable[str]) -> pd.DataFrame:
     """Every record under the folder(s) as one tidy DataFrame (one row per run and neuron)."""
     if isinstance(folders, str):

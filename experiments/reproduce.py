@@ -29,6 +29,8 @@ below the Shannon lower bound by more than the entropy-power estimate's stated e
 formula, by the theory and uniformly, and scores each end to end (`experiments.allocation`,
 records in ``runs/<size>/allocation/``, figure ``allocation``; its violations count runs over
 their budget and checkpoints whose per-layer bits or weights do not survive the round trip).
+``rate_distortion`` and ``allocation`` run at default size only when named (``--only``):
+with them the default reproduce would pass its 10-minute budget.
 They need the model packages (``make install``) and are left out with ``--only`` naming
 synthetic figures alone.
 The exit status is 1 when a deterministic bound is violated or a run failed.
@@ -62,6 +64,13 @@ STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm",
 def study_sizes(name: str) -> set[str]:
     """The sizes a whole-model study defines (``lm_calibration`` has no default size)."""
     return set(importlib.import_module(STUDIES[name]).STUDY.sizes)
+
+
+def in_default(name: str) -> bool:
+    """Whether the plain default reproduce runs study ``name`` (its STUDY's
+    ``in_default_reproduce``, True unless the study says otherwise)."""
+    study = importlib.import_module(STUDIES[name]).STUDY
+    return bool(getattr(study, "in_default_reproduce", True))
 
 
 def enable_compile_cache() -> None:
@@ -173,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in missing:
         log.info("%s: no %s size, left out (run it with --size full --only %s)", n, args.size, n)
         names.remove(n)
+    if not args.only and args.size == "default":  # the 10-minute budget of `make reproduce`
+        for n in [n for n in names if n in STUDIES and not in_default(n)]:
+            log.info("%s: outside the default reproduce's time budget, left out (run it with "
+                     "--only %s)", n, n)
+            names.remove(n)
     t0 = time.perf_counter()
     rows = []
     for name in names:

@@ -210,17 +210,18 @@ class Study:
         return ran, time.perf_counter() - t0
 
     @staticmethod
-    def load(out_dir: str) -> list[dict[str, Any]]:
-        """Every record of a study folder (ok and error)."""
+    def load(out_dir: str, ids: set[str] | None = None) -> list[dict[str, Any]]:
+        """Every record of a study folder (ok and error); with ``ids``, only the records of
+        those configurations (`records.current`)."""
         recs = [records.read(f) for f in records.record_files([out_dir])]
-        return [r for r in recs if r is not None]
+        return records.current([r for r in recs if r is not None], ids, out_dir)
 
-    def summarize(self, out_dir: str) -> dict[str, Any]:
+    def summarize(self, out_dir: str, ids: set[str] | None = None) -> dict[str, Any]:
         """The reproduce table's row: runs, errors, violations of the deterministic bounds,
         the violation rate of the probability-(1-p) ones, and the median tightness (per layer,
         the median over neurons of measured / bound), over every checked layer of the bounds
-        pass."""
-        recs = self.load(out_dir)
+        pass; with ``ids``, over those configurations' records only."""
+        recs = self.load(out_dir, ids)
         ok = [r for r in recs if r["status"] == "ok"]
         det = prob = prob_n = 0
         ratios = []
@@ -249,12 +250,13 @@ class Study:
         figure that fails is logged, the records stay), and `summarize`; returns (runs done
         now, summary). What `experiments.reproduce` and the study's command line both run."""
         ran, _ = self.run_study(size, folder)
+        ids = {records.run_id(c) for c in self.configs(size)}  # not a changed preset's leftovers
         if out_dir is not None:
             try:
-                importlib.import_module(self.figures).build_all(self.load(folder), out_dir)
+                importlib.import_module(self.figures).build_all(self.load(folder, ids), out_dir)
             except Exception:
                 log.exception("the %s figures failed", self.label)
-        return ran, self.summarize(folder)
+        return ran, self.summarize(folder, ids)
 
     def main(self, argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(description=f"Run the {self.label} study and its "

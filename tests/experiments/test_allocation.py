@@ -168,3 +168,10 @@ def test_smoke_study_through_reproduce(tmp_path):
     assert summary.set_index("figure").loc["allocation", "errors"] == 0
     for ext in ("png", "pdf"):
         assert os.path.getsize(os.path.join(out, f"allocation.{ext}")) > 1000
+
+
+def test_default_reproduce_leaves_the_long_studies_to_only():
+    from experiments import reproduce
+
+    assert not reproduce.in_default("allocation") and not reproduce.in_default("rate_distortion")
+    assert reproduce.in_default("qat") and reproduce.in_default("real")
