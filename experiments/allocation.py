@@ -290,7 +290,7 @@ def quantize_and_score(model, batch, names, bits, heldout: int, loss=None) -> di
         model, qm.make_options("optq", base), batch, on_layer=packer,
         overrides={n: {"bits": b} for n, b in widths.items() if b != base})
     seconds = time.perf_counter() - t0
-    layers, fmt = packer.finish()
+    layers, fmt = packer.finish("gptq_v2")  # v2 stores every zero point (v1 not zero)
     config = packer.config(qm.make_options("optq", base), fmt)
     if {n: config.for_layer(n).bits for n in names} != widths:
         raise RuntimeError("the dynamic config does not give every layer its bits")
