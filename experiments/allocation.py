@@ -53,7 +53,6 @@ figure ``figures/allocation.{png,pdf}`` (`experiments.figures.allocation`).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import math
@@ -66,7 +65,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments import console_logging, records
+from experiments import records
+from experiments.study import StudyCommand
 from ptq.pack import FLOAT16_REL
 
 log = logging.getLogger(__name__)
@@ -365,10 +365,13 @@ def seed_record(size: Size, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- the study
-class AllocationStudy:
+class AllocationStudy(StudyCommand):
     """The study as `experiments.reproduce` runs it (``sizes``, ``run_and_build``)."""
 
     key = "allocation"
+    figures = "experiments.figures.allocation"
+    label = "allocation"
+    description = "Mixed-precision bits per MiniLM layer: seed 002's formula, the theory, uniform."
     in_default_reproduce = False  # `--only allocation` at default size (the budget)
     sizes = SIZES
 
@@ -403,16 +406,11 @@ class AllocationStudy:
             log.info("[allocation] seed %d: %s (%.0fs)", seed, rec["status"], rec["seconds"])
         return ran
 
-    @staticmethod
-    def load(folder: str) -> list[dict]:
-        recs = [records.read(f) for f in records.record_files([folder])]
-        return [r for r in recs if r is not None]
-
-    def summarize(self, folder: str) -> dict[str, Any]:
+    def summarize(self, folder: str, ids: set[str] | None = None) -> dict[str, Any]:
         """Records, errors, and as violations: runs over their budget, checkpoints whose
         reloaded bits differ from the in-memory model's or whose weights differ by more than
         the float16 rounding of the scales (relative 2^-11, `ptq.pack.FLOAT16_REL`)."""
-        recs = self.load(folder)
+        recs = self.load(folder, ids)
         ok = [r for r in recs if r["status"] == "ok"]
         over = sum(1 for r in ok for run in r["runs"]
                    if run["allocation"] != "uniform" and run["avg_bits"] > run["budget"] + 1e-9)
@@ -420,31 +418,6 @@ class AllocationStudy:
                   or r["checkpoint"]["max_weight_change"] > FLOAT16_REL)
         return {"runs": len(ok), "errors": len(recs) - len(ok), "violations": over + bad,
                 "prob_violation_rate": np.nan, "p": np.nan, "median_tightness": np.nan}
-
-    def run_and_build(self, size: str, folder: str,
-                      out_dir: str | None) -> tuple[int, dict[str, Any]]:
-        ran = self.run_study(size, folder)
-        if out_dir is not None:
-            from experiments.figures import allocation as fig
-
-            try:
-                fig.build_all(self.load(folder), out_dir)
-            except Exception:
-                log.exception("the allocation figure failed")
-        return ran, self.summarize(folder)
-
-    def main(self, argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(description="Mixed-precision bits per MiniLM layer: "
-                                                     "seed 002's formula, the theory, uniform.")
-        parser.add_argument("--size", default="default", choices=sorted(SIZES))
-        parser.add_argument("--runs", default="runs",
-                            help=f"records root (runs/<size>/{self.key})")
-        parser.add_argument("--out", default="figures", help="figure folder")
-        args = parser.parse_args(argv)
-        console_logging()
-        _, s = self.run_and_build(args.size, f"{args.runs}/{args.size}/{self.key}", args.out)
-        print(s)
-        return int(s["violations"] > 0 or s["errors"] > 0)
 
 
 STUDY = AllocationStudy()

@@ -32,7 +32,6 @@ One record per layer (JSON, atomic, resumable) in ``runs/<size>/rate_distortion/
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import os
@@ -43,7 +42,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments import console_logging, records
+from experiments import records
+from experiments.study import StudyCommand
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,13 @@ def layer_rows(layer: str, X: np.ndarray, W: np.ndarray, bits: tuple[int, ...]) 
     return rows
 
 
-class RateDistortionStudy:
+class RateDistortionStudy(StudyCommand):
     """The study as `experiments.reproduce` runs it (``sizes``, ``run_and_build``)."""
 
     key = "rate_distortion"
+    figures = "experiments.figures.rate_distortion"
+    label = "rate_distortion"
+    description = "Every quantizer against the rate-distortion limit on MiniLM."
     in_default_reproduce = False  # `--only rate_distortion` at default size (the budget)
     sizes = SIZES
 
@@ -221,16 +224,11 @@ class RateDistortionStudy:
                      rec["status"], rec["seconds"])
         return ran
 
-    @staticmethod
-    def load(folder: str) -> list[dict]:
-        recs = [records.read(f) for f in records.record_files([folder])]
-        return [r for r in recs if r is not None]
-
-    def summarize(self, folder: str) -> dict[str, Any]:
+    def summarize(self, folder: str, ids: set[str] | None = None) -> dict[str, Any]:
         """Rows, errors, violations (B1' exceeded by waterfilling, plus the rows below the SLB
         by more than the entropy-power estimate's error, also counted alone as ``below_slb``)
         and the median B1' tightness."""
-        recs = self.load(folder)
+        recs = self.load(folder, ids)
         ok = [r for r in recs if r["status"] == "ok"]
         rows = [row for r in ok for row in r["rows"]]
         wf = [row for row in rows if row["quantizer"] == "waterfill"]
@@ -242,31 +240,6 @@ class RateDistortionStudy:
                 "prob_violation_rate": np.nan, "p": np.nan,
                 "median_tightness": float(np.median([row["tightness"] for row in wf]))
                 if wf else np.nan, "below_slb": below}
-
-    def run_and_build(self, size: str, folder: str,
-                      out_dir: str | None) -> tuple[int, dict[str, Any]]:
-        ran = self.run_study(size, folder)
-        if out_dir is not None:
-            from experiments.figures import rate_distortion as fig
-
-            try:
-                fig.build_all(self.load(folder), out_dir)
-            except Exception:
-                log.exception("the rate_distortion figure failed")
-        return ran, self.summarize(folder)
-
-    def main(self, argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(description="Every quantizer against the "
-                                                     "rate-distortion limit on MiniLM.")
-        parser.add_argument("--size", default="default", choices=sorted(SIZES))
-        parser.add_argument("--runs", default="runs",
-                            help=f"records root (runs/<size>/{self.key})")
-        parser.add_argument("--out", default="figures", help="figure folder")
-        args = parser.parse_args(argv)
-        console_logging()
-        _, s = self.run_and_build(args.size, f"{args.runs}/{args.size}/{self.key}", args.out)
-        print(s)
-        return int(s["violations"] > 0 or s["errors"] > 0)
 
 
 def _parse(name: str) -> tuple[int, str]:

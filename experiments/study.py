@@ -116,7 +116,60 @@ def layer_row(r: dict) -> dict[str, Any]:
     return row
 
 
-class Study:
+class StudyCommand:
+    """What `experiments.reproduce` and a study's command line need of a study: ``key``,
+    ``sizes``, ``figures`` (the module whose ``build_all(records, out_dir)`` draws it),
+    ``label``, ``description``, ``run_study(size, folder)`` and ``summarize(folder, ids)``."""
+
+    key: str
+    sizes: dict
+    figures: str
+    label: str
+    description: str
+
+    @staticmethod
+    def load(out_dir: str, ids: set[str] | None = None) -> list[dict[str, Any]]:
+        """Every record of a study folder (ok and error); with ``ids``, only the records of
+        those configurations (`records.current`)."""
+        recs = [records.read(f) for f in records.record_files([out_dir])]
+        return records.current([r for r in recs if r is not None], ids, out_dir)
+
+    def record_ids(self, size: str) -> set[str] | None:
+        """The ids of the records ``size`` makes (None: every record of the folder)."""
+        return None
+
+    def runs_done(self, size: str, folder: str) -> int:
+        """Run the study of ``size`` into ``folder``; how many runs were done now."""
+        return self.run_study(size, folder)
+
+    def run_and_build(self, size: str, folder: str,
+                      out_dir: str | None) -> tuple[int, dict[str, Any]]:
+        """The study of ``size`` into ``folder``, its figures into ``out_dir`` (None: none; a
+        figure that fails is logged, the records stay), and `summarize`; returns (runs done
+        now, summary). What `experiments.reproduce` and the study's command line both run."""
+        ran = self.runs_done(size, folder)
+        ids = self.record_ids(size)  # not a changed preset's leftovers
+        if out_dir is not None:
+            try:
+                importlib.import_module(self.figures).build_all(self.load(folder, ids), out_dir)
+            except Exception:
+                log.exception("the %s figures failed", self.label)
+        return ran, self.summarize(folder, ids)
+
+    def main(self, argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(description=self.description)
+        parser.add_argument("--size", default="default", choices=sorted(self.sizes))
+        parser.add_argument("--runs", default="runs", help=f"records root (runs/<size>/"
+                                                           f"{self.key})")
+        parser.add_argument("--out", default="figures", help="figure folder")
+        args = parser.parse_args(argv)
+        console_logging()
+        _, s = self.run_and_build(args.size, f"{args.runs}/{args.size}/{self.key}", args.out)
+        print(s)
+        return int(s["violations"] > 0 or s["errors"] > 0)
+
+
+class Study(StudyCommand):
     """A whole-model study.
 
     Args:
@@ -134,6 +187,7 @@ class Study:
                  label: str, quality: str):
         self.key, self.sizes, self.execute = key, sizes, execute
         self.figures, self.label, self.quality = figures, label, quality
+        self.description = f"Run the {label} study and its figures."
 
     def config(self, pass_: str, name: str, bits: int, size: Size, seed: int = 0,
                variant: dict[str, Any] | None = None) -> dict:
@@ -209,12 +263,11 @@ class Study:
                      time.perf_counter() - t1)
         return ran, time.perf_counter() - t0
 
-    @staticmethod
-    def load(out_dir: str, ids: set[str] | None = None) -> list[dict[str, Any]]:
-        """Every record of a study folder (ok and error); with ``ids``, only the records of
-        those configurations (`records.current`)."""
-        recs = [records.read(f) for f in records.record_files([out_dir])]
-        return records.current([r for r in recs if r is not None], ids, out_dir)
+    def record_ids(self, size: str) -> set[str]:
+        return {records.run_id(c) for c in self.configs(size)}
+
+    def runs_done(self, size: str, folder: str) -> int:
+        return self.run_study(size, folder)[0]
 
     def summarize(self, out_dir: str, ids: set[str] | None = None) -> dict[str, Any]:
         """The reproduce table's row: runs, errors, violations of the deterministic bounds,
@@ -243,30 +296,3 @@ class Study:
                 "prob_violation_rate": prob / prob_n if prob_n else np.nan,
                 "p": P_DEFAULT if prob_n else np.nan,
                 "median_tightness": float(np.median(ratios)) if ratios else np.nan}
-
-    def run_and_build(self, size: str, folder: str,
-                      out_dir: str | None) -> tuple[int, dict[str, Any]]:
-        """The study of ``size`` into ``folder``, its figures into ``out_dir`` (None: none; a
-        figure that fails is logged, the records stay), and `summarize`; returns (runs done
-        now, summary). What `experiments.reproduce` and the study's command line both run."""
-        ran, _ = self.run_study(size, folder)
-        ids = {records.run_id(c) for c in self.configs(size)}  # not a changed preset's leftovers
-        if out_dir is not None:
-            try:
-                importlib.import_module(self.figures).build_all(self.load(folder, ids), out_dir)
-            except Exception:
-                log.exception("the %s figures failed", self.label)
-        return ran, self.summarize(folder, ids)
-
-    def main(self, argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(description=f"Run the {self.label} study and its "
-                                                     "figures.")
-        parser.add_argument("--size", default="default", choices=sorted(self.sizes))
-        parser.add_argument("--runs", default="runs", help=f"records root (runs/<size>/"
-                                                           f"{self.key})")
-        parser.add_argument("--out", default="figures", help="figure folder")
-        args = parser.parse_args(argv)
-        console_logging()
-        _, s = self.run_and_build(args.size, f"{args.runs}/{args.size}/{self.key}", args.out)
-        print(s)
-        return int(s["violations"] > 0 or s["errors"] > 0)
