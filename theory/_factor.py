@@ -97,7 +97,12 @@ def factorise(
     # K = J H J (H in processing order, index-reversed by J) in one gather of X^T X. NumPy
     # computes X.T @ X with BLAS syrk and mirrors the triangle, so it is exactly symmetric.
     rev = perm[::-1]
-    K = (X.T @ X)[np.ix_(rev, rev)]
+    K = X.T @ X
+    if np.array_equal(perm, np.arange(N)):
+        # the natural order: J H J is H's C-order buffer read backwards, one streaming copy
+        K = K.ravel()[::-1].reshape(N, N).copy()
+    else:
+        K = K[np.ix_(rev, rev)]
     d = np.diagonal(K) + lam
     K[np.diag_indices(N)] = np.where(d == 0, 1.0, d)  # dead feature with lam = 0 (ptq convention)
     # K = U^T U by LAPACK potrf (upper) on K read column-major (K.T, the same symmetric matrix,

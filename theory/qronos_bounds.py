@@ -72,6 +72,14 @@ def least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors) -> Lea
     return LeastSquares(f, W_ls, z1, E_ls, res, X, X_hat, Wp)
 
 
+def triangular_times(R: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """``R^T D`` for R (N, N) upper triangular (C order), by BLAS trmm: ``N^2 n`` flops.
+
+    ``R.T`` is R's lower-triangular transpose read column-major, so trmm takes it without a
+    copy; D (N, n) is copied once into the column-major layout trmm overwrites."""
+    return scipy.linalg.blas.dtrmm(1.0, R.T, np.asfortranarray(D), lower=1, overwrite_b=1)
+
+
 def in_original_order(Vp: np.ndarray, perm: np.ndarray) -> np.ndarray:
     """Rows of ``Vp`` (processing order) put back in the original feature order."""
     V = np.empty_like(Vp)
@@ -160,10 +168,10 @@ def optq_mismatch_l2_bound(
     st = check_steps(step, N, n)
     Wz = np.where(f.live[:, None], ls.Wp, 0.0)
     D = ls.W_ls - Wz
-    # ||Xha (wt - w')||; a dead feature with lam = 0 has (wt - w')_t = 0, so ptq's unit
-    # diagonal convention adds nothing.
-    XhD = ls.X_hat @ in_original_order(D, f.order)
-    corr = np.sqrt(np.sum(XhD**2, axis=0) + f.lam * np.sum(D**2, axis=0))
+    # ||Xha (wt - w')||^2 = ||X_hat D||^2 + lam ||D||^2 = D^T Hh D = ||R^T D||^2 (Hh = R R^T,
+    # processing order): one triangular product (N^2 n flops) instead of X_hat D (2 m N n).
+    # A dead feature with lam = 0 has (wt - w')_t = 0, so ptq's unit diagonal adds nothing.
+    corr = np.sqrt(np.sum(triangular_times(f.R, D) ** 2, axis=0))
     if st.per_weight:
         D = in_processing_order(st, f.order)
         quant = 0.5 * np.sqrt(np.where(f.live, f.r**2, 0.0) @ D**2)
