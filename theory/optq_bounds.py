@@ -222,9 +222,10 @@ def optq_structural_bound(
     X = as_matrix("X", X)
     st = check_steps(step, X.shape[1])
     perm, lam, sq = resolve(X, lam, percdamp, order, order_seed)
-    Xp = X[:, perm]
     sqp = sq[perm]
-    sv = smallest_singular_values(Xp, breakpoints)
+    m, N = X.shape
+    # the singular values need X in processing order only when N > m (a copy of X otherwise)
+    sv = smallest_singular_values(X[:, perm] if N > m else X, breakpoints)
     rbar = sqp + lam
     with np.errstate(divide="ignore", invalid="ignore"):
         span_form = lam * (1.0 + sqp / sv**2)
@@ -258,11 +259,12 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
     off = update_coefficients(f)
     np.fill_diagonal(off, 0.0)  # V is upper triangular: what is left are the entries s < j
+    # sums of squares by einsum: no (N, N) temporary
     if kind == "l1":
         growth = np.abs(off).sum(axis=0)  # c_j = sum_{s<j} |V_sj|
     else:
-        growth = np.sqrt((off**2).sum(axis=0))  # sqrt(sum_{s<j} V_sj^2)
-    update_norm = np.sqrt((off**2).sum(axis=1))
+        growth = np.sqrt(np.einsum("sj,sj->j", off, off))  # sqrt(sum_{s<j} V_sj^2)
+    update_norm = np.sqrt(np.einsum("sj,sj->s", off, off))
     with np.errstate(divide="ignore"):
         cap = np.sqrt(f.col_sq_norms) / (2.0 * np.sqrt(f.lam)) if f.lam > 0 else np.full(N, np.inf)
     Wp = np.where(f.live[:, None], W[f.order], 0.0)  # OPTQ zeroes dead features first
