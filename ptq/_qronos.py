@@ -41,11 +41,12 @@ def qronos(
     (THEORY.md section 2):
 
     * the least-squares fit ``wt = argmin_v ||ya - Xha v|| = Hh^{-1} G w``;
-    * ``variant="paper"`` (Zhang et al.): step 1 rounds the correction
+    * ``variant="paper"`` (Zhang et al.; also what Brevitas 0.13.4 runs, whose ``z_1`` leaves
+      lam out, see `experiments.bench.peers.brevitas_qronos`): step 1 rounds the correction
       ``z_1 = <Xha_1, ya - Xha_{>1} w_{>1}> / ||Xha_1||^2 = w_1 + ((G - Hh) w)_1 / Hh_11``,
       ``q_1 = Q(z_1)``; the residual is then re-fitted on the remaining columns, which is
       OPTQ with ``Hh`` started from ``wt`` whose first error is ``e_1 = wt_1 - q_1``;
-    * ``variant="ls_first"`` (the form Brevitas ships): ``q = OPTQ_Hh(wt)``, i.e.
+    * ``variant="ls_first"``: ``q = OPTQ_Hh(wt)``, i.e.
       ``q_1 = Q(wt_1)``. The two differ only in the value rounded at step 1.
 
     Identity (I5, tested): ``||X w - X_hat q||^2 + lam ||w - q||^2

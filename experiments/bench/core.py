@@ -8,6 +8,8 @@ Per size N (m = 2N calibration rows, n = N neurons, float32, 4-bit GPTQ min-max 
 * the canonical PyTorch GPTQ (`peers.torch_gptq`) from X (``X^T X`` in torch included), its
   ``X^T X`` alone and its three factorisations alone;
 * qwix's GPTQ eagerly (H included), first call and steady state, where it fits the budget;
+* Brevitas' Qronos (`peers.brevitas_qronos`) from X and X_hat (its hooks accumulating H and
+  G included), where it fits its budget, and its agreement with ``ptq.qronos``;
 * the machine: the float32 matrix-product rate and one Cholesky of H timed alone, giving
 
       limit(N) = t_chol(N) + (n N^2 + m N^2) / rate
@@ -37,7 +39,7 @@ from ptq import layer
 from ptq._optq import _ordered_factor, run_ordered
 from ptq._qronos import _least_squares
 from ptq.kernel import quantize_ordered
-from experiments.bench import peers, timing
+from experiments.bench import flops, peers, timing
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,18 @@ class Options:
     sizes: tuple[int, ...] = (512, 1024, 2048, 4096)
     repeats: int = 5  # timed calls after the warm-up; medians are reported
     min_time: float = 1.0  # fast calls are repeated until their runs add up to this [s]
-    peers: tuple[str, ...] = ("torch", "qwix")
+    peers: tuple[str, ...] = ("torch", "qwix", "brevitas")
     qwix_max_n: int = 2048  # qwix runs eagerly only up to this N ...
     qwix_repeats: int = 1  # ... with this many timed calls after its first call ...
     qwix_budget_s: float = 400.0  # ... and is skipped when its predicted time exceeds this
+    brevitas_max_n: int = 4096  # Brevitas' Qronos (a Python loop over columns): up to this N,
+    brevitas_repeats: int = 1  # with this many timed calls after the first,
+    brevitas_budget_s: float = 900.0  # skipped when its predicted time exceeds this
     bits: int = 4
     block_size: int = 128
     sweep_sizes: tuple[int, ...] = (2048, 4096)
     sweep_blocks: tuple[int, ...] = (32, 64, 128, 256, 512)
-    check_n: int = 512  # size of the ptq-vs-torch agreement check (0: skip)
+    check_n: int = 512  # size of the ptq-vs-torch and ptq-vs-Brevitas checks (0: skip)
     theory_n: int | None = 4096  # size at which the theory bounds are timed (None: skip)
     seed: int = 0
 
@@ -191,24 +196,60 @@ def measure_torch(N: int, state: dict, opt: Options, row: dict) -> None:
     row["torch_threads"] = torch.get_num_threads()
 
 
-def measure_qwix(N: int, state: dict, opt: Options, row: dict, history: list) -> None:
-    """qwix eagerly; skipped (reason in ``row['qwix_note']``) above ``qwix_max_n`` or budget."""
-    if N > opt.qwix_max_n:
-        row["qwix_note"] = f"skipped: N > qwix_max_n = {opt.qwix_max_n}"
-        return
+def skip_reason(peer: str, N: int, max_n: int, repeats: int, budget_s: float,
+                history: list) -> str | None:
+    """Why a slow peer is skipped at N (above ``max_n``, or its time predicted from the last
+    size over ``budget_s``), or None. ``history`` holds ``(N, first, steady)`` per size run."""
+    if N > max_n:
+        return f"skipped: N > {peer}_max_n = {max_n}"
     if history:  # predicted from the last size: first call and loop both grow ~4x per doubling
         N0, first0, steady0 = history[-1]
-        g = (N / N0) ** 2
-        predicted = g * (first0 + opt.qwix_repeats * steady0)
-        if predicted > opt.qwix_budget_s:
-            row["qwix_note"] = (
-                f"skipped: predicted {predicted:.0f} s > qwix_budget_s = {opt.qwix_budget_s:g}"
-            )
-            return
+        predicted = (N / N0) ** 2 * (first0 + repeats * steady0)
+        if predicted > budget_s:
+            return f"skipped: predicted {predicted:.0f} s > {peer}_budget_s = {budget_s:g}"
+    return None
+
+
+def measure_qwix(N: int, state: dict, opt: Options, row: dict, history: list) -> None:
+    """qwix eagerly; skipped (reason in ``row['qwix_note']``) above ``qwix_max_n`` or budget."""
+    why = skip_reason("qwix", N, opt.qwix_max_n, opt.qwix_repeats, opt.qwix_budget_s, history)
+    if why:
+        row["qwix_note"] = why
+        return
     run = peers.qwix_runner(opt.bits)
     Wr, Xd = jax.device_put(np.ascontiguousarray(state["W"].T)), jax.device_put(state["X"])
     t = timing.time_call(lambda: run(Wr, Xd), opt.qwix_repeats)  # no min_time: slow
     row.update(qwix_s=t.median, qwix_first_s=t.first, qwix_note="eager, symmetric absmax grid")
+    history.append((N, t.first, t.median))
+
+
+def measure_brevitas(N: int, state: dict, opt: Options, row: dict, history: list) -> None:
+    """Brevitas' Qronos from X and X_hat (`peers.brevitas_qronos`: layer, hooks, update);
+    skipped (reason in ``row['brevitas_note']``) above ``brevitas_max_n`` or its budget.
+
+    Its damping (``alpha`` for ``lam = 0.01 mean(diag(X_hat^T X_hat))``, as ptq) is set up
+    once, untimed; every timed call builds a fresh layer (Qronos updates it in place)."""
+    why = skip_reason("brevitas", N, opt.brevitas_max_n, opt.brevitas_repeats,
+                      opt.brevitas_budget_s, history)
+    if why:
+        row["brevitas_note"] = why
+        return
+    Xt, Xht = peers.to_torch(state["X"]), peers.to_torch(state["X_hat"])
+    Wt = peers.to_torch(np.ascontiguousarray(state["W"].T))
+    alpha = peers.brevitas_alpha(Xht, 0.01)
+    runs = []
+
+    def call():
+        runs.append(peers.brevitas_qronos(Xt, Xht, Wt, bits=opt.bits, block_size=state["B"],
+                                          alpha=alpha))
+        return runs[-1].Q
+
+    t = timing.time_call(call, opt.brevitas_repeats)  # no min_time: slow
+    timed = runs[1:]  # after the warm-up call
+    row.update(brevitas_qronos_s=t.median, brevitas_qronos_first_s=t.first,
+               brevitas_gram_s=statistics.median(r.gram_s for r in timed),
+               brevitas_update_s=statistics.median(r.update_s for r in timed),
+               brevitas_note=f"eager, block size {state['B']}, damping matched to percdamp 0.01")
     history.append((N, t.first, t.median))
 
 
@@ -252,6 +293,55 @@ def agreement(N: int, opt: Options, dtype: str) -> dict:
     }
 
 
+def brevitas_agreement(N: int, opt: Options, dtype: str) -> list[dict]:
+    """ptq.qronos (both variants) vs Brevitas' Qronos on the same data, grid, damping, order.
+
+    One row per ptq variant: the fraction of identical integer codes (all, at the first
+    processed feature, and neurons whose every code agrees), the grids' differences, and the
+    relative output errors ``||X W - X_hat Q||_F / ||X W||_F`` of both. Brevitas runs in
+    ``dtype`` (its layer and buffers), ptq in the same dtype (x64 for float64). The variant
+    Brevitas implements agrees up to float rounding; the other differs at step 1 (codes of
+    the first feature) and, through the re-fit, in the rest of those neurons.
+    """
+    X, X_hat, W = make_data(N, opt.seed)
+    np_dtype = np.float64 if dtype == "float64" else np.float32
+    X, X_hat, W = X.astype(np_dtype), X_hat.astype(np_dtype), W.astype(np_dtype)
+    B = min(opt.block_size, N)
+    b = peers.brevitas_qronos(peers.to_torch(X), peers.to_torch(X_hat),
+                              peers.to_torch(np.ascontiguousarray(W.T)), bits=opt.bits,
+                              percdamp=0.01, block_size=B)
+    Q_b = b.Q.numpy().astype(np.float64).T
+    codes_b = b.codes.numpy().astype(np.int64).T
+    X64, Xh64, W64 = (A.astype(np.float64) for A in (X, X_hat, W))
+    target = X64 @ W64
+
+    def err(Q):
+        return np.linalg.norm(target - Xh64 @ Q) / np.linalg.norm(target)
+
+    rows = []
+    with jax.enable_x64(dtype == "float64"):
+        grid = ptq.Grid.fit(jnp.asarray(W), opt.bits, kind="asymmetric", per="neuron")
+        step, zero = np.asarray(grid.step, np.float64), np.asarray(grid.zero, np.float64)
+        for variant in ("paper", "ls_first"):
+            res = ptq.qronos(X, X_hat, W, grid, percdamp=0.01, variant=variant, block_size=B)
+            Q_p, codes_p = np.asarray(res.Q, np.float64), np.asarray(res.codes, np.int64)
+            same = codes_p == codes_b
+            e_p, e_b = err(Q_p), err(Q_b)
+            rows.append({
+                "N": N, "dtype": dtype, "ptq_variant": variant,
+                "grid_scale_max_rel_diff": float(np.max(np.abs(
+                    b.scale.numpy()[:, 0].astype(np.float64) - step) / step)),
+                "grid_zero_max_diff": float(np.max(np.abs(
+                    b.zero_point.numpy()[:, 0].astype(np.float64) - zero))),
+                "codes_equal_frac": float(np.mean(same)),
+                "first_codes_equal_frac": float(np.mean(same[0])),  # natural order: row 0
+                "neurons_equal_frac": float(np.mean(same.all(axis=0))),
+                "err_ptq": float(e_p), "err_brevitas": float(e_b),
+                "err_rel_diff": float(abs(e_p - e_b) / e_b),
+            })
+    return rows
+
+
 def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
     """Kernel time (from R, the only part B changes) and optq end to end, per block size."""
     X, _, W = make_data(N, opt.seed)
@@ -277,10 +367,12 @@ THEORY_REPEATS = 3  # timed calls per theory function (NumPy: no compilation, no
 def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[dict]:
     """Time the `theory` bounds (float64 NumPy) at size N next to the quantization itself.
 
-    Medians of `THEORY_REPEATS` calls. Besides each function alone, the rows "run: ..." time
+    Medians of `THEORY_REPEATS` calls on float64 copies of the benchmark's inputs. Besides each function alone, the rows "run: ..." time
     what `experiments.bounds.evaluate` computes for one run of each algorithm (one
     factorisation shared by every bound of the run), and "float64 matmul" gives NumPy's
     float64 matrix-product rate (GFLOP/s in the note), the rate the bounds are limited by.
+    Each row is compared with ptq's float32 time (``vs_quantization``) and with its own
+    float64 limit, its counted flops (`flops.THEORY`) at that rate (`derive_theory`).
     """
     import theory
 
@@ -289,6 +381,9 @@ def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[d
         grid = ptq.Grid.fit(jnp.asarray(W), opt.bits, kind="asymmetric", per="neuron")
         r = np.asarray(ptq.optq(X, W, grid).r)
     step = np.asarray(grid.step, np.float64)
+    # `theory` works in float64: the inputs are converted once here, as a float64 bounds pass
+    # holds them (each call would otherwise copy X to float64 again).
+    X, X_hat, W = (A.astype(np.float64) for A in (X, X_hat, W))
     rows = []
 
     def timed(name, fn, compare, note=""):
@@ -302,9 +397,12 @@ def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[d
                      "vs_quantization": dt / compare if compare else float("nan"), "note": note})
         return out, dt
 
+    # The float64 rate every limit divides by: a warm-up call, then repeated until the runs
+    # add up to min_time (a lone small product is too short to time on a loaded machine).
     A = np.random.default_rng(opt.seed).standard_normal((N, N))
-    _, dt = timed("float64 matmul (N, N) x (N, N)", lambda: A @ A, None)
-    rows[-1]["note"] = f"{2 * N**3 / dt / 1e9:.0f} GFLOP/s"
+    dt = timing.time_call(lambda: A @ A, THEORY_REPEATS, min_time=opt.min_time).median
+    rows.append({"N": N, "function": "float64 matmul (N, N) x (N, N)", "seconds": dt,
+                 "vs_quantization": float("nan"), "note": f"{2 * N**3 / dt / 1e9:.0f} GFLOP/s"})
     f, _ = timed("factorise(X)", lambda: theory.factorise(X), optq_s,
                  "shared float64 factor of H")
     fh, _ = timed("factorise(X_hat)", lambda: theory.factorise(X_hat, name="X_hat"), qronos_s)
@@ -342,7 +440,32 @@ def theory_times(N: int, opt: Options, optq_s: float, qronos_s: float) -> list[d
     timed("run: stochastic OPTQ (factorise + S1 + S2 + S3)", stochastic_run, optq_s)
     timed("run: Qronos (factorise(X_hat) + Q1)", lambda: theory.qronos_l2_bound(X, X_hat, W, step),
           qronos_s)
+    for row in rows:
+        row.update(m=X.shape[0], n=W.shape[1])
+    derive_theory(rows)
     return rows
+
+
+def derive_theory(rows: list[dict]) -> None:
+    """Add each theory row's float64 limit (`flops.THEORY`), in place.
+
+    ``gflop`` = the row's counted flops; ``rate64_gflops`` = NumPy's float64 rate from the
+    row "float64 matmul (N, N) x (N, N)" of the same run (``2 N^3`` / its median);
+    ``limit64_s = flops / rate`` and ``over_limit64 = seconds / limit64_s``. Rows of saved
+    runs without m, n take the benchmark's m = 2N, n = N; rows without a count are left as
+    they are.
+    """
+    rate = {r["N"]: flops.gemm(r["N"], r["N"], r["N"]) / r["seconds"] for r in rows
+            if r["function"] == "float64 matmul (N, N) x (N, N)" and r["seconds"] > 0}
+    for row in rows:
+        count = flops.THEORY.get(row["function"])
+        if count is None or row["N"] not in rate:
+            continue
+        N = row["N"]
+        f = count.flops(row.get("m", 2 * N), N, row.get("n", N))
+        row.update(gflop=f / 1e9, flops_formula=count.formula,
+                   rate64_gflops=rate[N] / 1e9, limit64_s=f / rate[N],
+                   over_limit64=row["seconds"] * rate[N] / f)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -368,6 +491,8 @@ def derive(rows: list[dict], matmul: list[dict]) -> None:
         for peer in ("torch", "qwix"):
             if f"{peer}_s" in row and not math.isnan(row[f"{peer}_s"]):
                 row[f"{peer}_over_optq"] = row[f"{peer}_s"] / row["optq_s"]
+        if "brevitas_qronos_s" in row and not math.isnan(row["brevitas_qronos_s"]):
+            row["brevitas_over_qronos"] = row["brevitas_qronos_s"] / row["qronos_s"]
         row["compile_ratio_vs_first"] = row["optq_compile_s"] / rows[0]["optq_compile_s"]
         row["compile_pieces_ratio_vs_first"] = (
             row["compile_pieces_s"] / rows[0]["compile_pieces_s"]
@@ -376,22 +501,24 @@ def derive(rows: list[dict], matmul: list[dict]) -> None:
 
 def run(opt: Options, progress=lambda msg: None) -> dict:
     """Run every measurement of ``opt``; returns ``{"env", "options", "rows", "matmul",
-    "sweep", "agreement", "theory", "skipped"}`` (lists of dict rows)."""
+    "sweep", "agreement", "brevitas_agreement", "theory", "skipped"}`` (lists of dict rows)."""
     env = timing.environment()
     skipped = {}
-    for peer, why in (("torch", peers.torch_missing()), ("qwix", peers.qwix_missing())):
+    for peer, why in (("torch", peers.torch_missing()), ("qwix", peers.qwix_missing()),
+                      ("brevitas", peers.brevitas_missing())):
         if peer in opt.peers and why:
             skipped[peer] = why
     use = [p for p in opt.peers if p not in skipped]
-    if "torch" in use:
+    if "torch" in use or "brevitas" in use:  # Brevitas runs on torch
         import torch
 
         env["torch"] = torch.__version__
         env["torch_device"] = "cpu"
-    if "qwix" in use:
-        import importlib.metadata
+    for peer in ("qwix", "brevitas"):
+        if peer in use:
+            import importlib.metadata
 
-        env["qwix"] = importlib.metadata.version("qwix")
+            env[peer] = importlib.metadata.version(peer)
     progress(f"environment: {env}")
 
     rate_sizes = sorted({min(s, 4096) for s in opt.sizes} | {min(1024, max(opt.sizes))})
@@ -399,7 +526,7 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
     matmul = [{"size": s, "gflops": g} for s, g in rates.items()]
     progress(f"matmul GFLOP/s: {rates}")
 
-    rows, qwix_history = [], []
+    rows, qwix_history, brevitas_history = [], [], []
     for N in opt.sizes:
         row = {"N": N, "m": 2 * N, "n": N, "bits": opt.bits, "block_size": min(opt.block_size, N)}
         state = measure_ptq(N, opt, row)
@@ -410,6 +537,10 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
         if "qwix" in use:
             measure_qwix(N, state, opt, row, qwix_history)
             progress(f"N={N} qwix {row.get('qwix_s', math.nan):.3f} s ({row['qwix_note']})")
+        if "brevitas" in use:
+            measure_brevitas(N, state, opt, row, brevitas_history)
+            progress(f"N={N} brevitas Qronos {row.get('brevitas_qronos_s', math.nan):.3f} s "
+                     f"({row['brevitas_note']})")
         rows.append(row)
     derive(rows, matmul)
 
@@ -426,6 +557,13 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
             progress(f"agreement: {agree[-1]}")
     elif opt.check_n:
         skipped["agreement"] = skipped.get("torch", "torch peer not requested")
+    brevitas_agree = []
+    if opt.check_n and "brevitas" in use:
+        for dtype in ("float32", "float64"):
+            brevitas_agree += brevitas_agreement(opt.check_n, opt, dtype)
+            progress(f"brevitas agreement: {brevitas_agree[-2:]}")
+    elif opt.check_n:
+        skipped["brevitas_agreement"] = skipped.get("brevitas", "brevitas peer not requested")
 
     theory_rows = []
     if opt.theory_n:
@@ -437,5 +575,6 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
             skipped["theory"] = f"theory_n = {opt.theory_n} is not among the sizes {opt.sizes}"
     return {
         "env": env, "options": dataclasses.asdict(opt), "rows": rows, "matmul": matmul,
-        "sweep": sweep, "agreement": agree, "theory": theory_rows, "skipped": skipped,
+        "sweep": sweep, "agreement": agree, "brevitas_agreement": brevitas_agree,
+        "theory": theory_rows, "skipped": skipped,
     }

@@ -1,7 +1,8 @@
 """Write one benchmark run: CSV tables, a Markdown report, a JSON dump and the figure.
 
 Files (``<out>/<stem>...``): ``.csv`` (one row per N), ``_sweep.csv``, ``_matmul.csv``,
-``_agreement.csv``, ``_theory.csv``, ``.md`` (all tables and the definitions), ``.json``
+``_agreement.csv``, ``_brevitas_agreement.csv``, ``_theory.csv``, ``.md`` (all tables and
+the definitions), ``.json``
 (everything, with the environment and options) and ``.png`` / ``.pdf`` (time vs N).
 """
 
@@ -29,11 +30,27 @@ MAIN = [
     ("torch_gram_s", "torch X^T X [s]"), ("torch_factor_s", "torch 3 factorisations [s]"),
     ("torch_over_optq", "torch / optq"), ("qwix_s", "qwix eager [s]"),
     ("qwix_first_s", "qwix first call [s]"), ("qwix_over_optq", "qwix / optq"),
+    ("brevitas_qronos_s", "Brevitas Qronos [s]"), ("brevitas_over_qronos", "brevitas / qronos"),
 ]
 QRONOS = [
     ("N", "N"), ("qronos_s", "ptq.qronos [s]"), ("gram_s", "X_hat^T X_hat (sym) [s]"),
     ("qronos_cross_gram_s", "X_hat^T X [s]"), ("qronos_lsq_s", "factor + G W + 2 solves [s]"),
     ("kernel_s", "kernel [s]"), ("qronos_over_optq", "qronos / optq"),
+    ("brevitas_qronos_s", "Brevitas Qronos [s]"), ("brevitas_gram_s", "Brevitas H, G hooks [s]"),
+    ("brevitas_update_s", "Brevitas update [s]"), ("brevitas_over_qronos", "brevitas / qronos"),
+]
+BREVITAS_AGREEMENT = [
+    ("N", "N"), ("dtype", "dtype"), ("ptq_variant", "ptq.qronos variant"),
+    ("grid_scale_max_rel_diff", "scale max rel diff"), ("grid_zero_max_diff", "zero max diff"),
+    ("codes_equal_frac", "codes equal"), ("first_codes_equal_frac", "first feature's codes equal"),
+    ("neurons_equal_frac", "neurons all equal"), ("err_ptq", "ptq rel err"),
+    ("err_brevitas", "Brevitas rel err"), ("err_rel_diff", "err rel diff"),
+]
+THEORY = [
+    ("N", "N"), ("function", "function"), ("seconds", "seconds"),
+    ("flops_formula", "flops counted"), ("gflop", "GFLOP"),
+    ("limit64_s", "float64 limit [s]"), ("over_limit64", "ratio to limit"),
+    ("vs_quantization", "/ quantization"), ("note", "note"),
 ]
 COMPILE = [
     ("N", "N"), ("optq_first_s", "optq first call [s]"),
@@ -92,13 +109,19 @@ def markdown(res: dict, command: str, note: str) -> str:
         "Rounding, copies and the Cholesky flops are not counted. \"optq from H\" = "
         "regularise + one Cholesky + kernel + mapping back (what remains once X^T X is formed); "
         "torch GPTQ = X^T X in torch + the canonical algorithm (three factorisations, Python "
-        "loop over columns), \"torch from H\" = the difference of the two medians.\n",
+        "loop over columns), \"torch from H\" = the difference of the two medians. "
+        "Brevitas Qronos = `brevitas.graph.qronos.Qronos` through `gpfq_mode` on a "
+        "`QuantLinear` (layer set-up, the two hooked passes accumulating H and G, "
+        "`single_layer_update`; eager torch on the CPU), against ptq.qronos: "
+        "\"brevitas / qronos\" is its time over ptq's, like \"torch / optq\".\n",
         "## Where Qronos' time goes\n",
         md_table(rows, QRONOS),
         "\nQronos factorises Hh = X_hat^T X_hat + lam I like OPTQ, and also forms "
         "G = X_hat^T X (2 m N^2 flops, a general product), G W (2 N^2 n) and two triangular "
         "solves (2 n N^2) for the least-squares start wt = Hh^{-1} G W: about "
-        "11.6 N^3 flops against OPTQ's 3.6 N^3 at m = 2N, n = N.\n",
+        "11.6 N^3 flops against OPTQ's 3.6 N^3 at m = 2N, n = N. Brevitas forms H and G "
+        "(two general products) in its forward hooks, then inverts Hh, re-fits the later "
+        "weights after step 1 and runs GPTQ's loop over columns in `single_layer_update`.\n",
         "## Compile time\n",
         md_table(rows, COMPILE),
         "\n\"first - steady\" = first call at a new shape minus the steady median. The pieces "
@@ -120,19 +143,39 @@ def markdown(res: dict, command: str, note: str) -> str:
         "Codes can differ only where float rounding moves a value across a rounding boundary "
         "(ptq rounds ties up, torch to even), and a flipped code changes the later steps of its "
         "neuron; codes_equal_frac is the fraction of identical integer codes.\n",
+        "\n## Same work: ptq.qronos vs Brevitas' Qronos\n",
+        md_table(res.get("brevitas_agreement", []), BREVITAS_AGREEMENT),
+        "\nBrevitas' `Qronos` (through `gpfq_mode`, see `experiments/bench/peers.py`) and "
+        "ptq.qronos on the same X, X_hat, W, the same 4-bit per-neuron min-max grid (Brevitas' "
+        "`ShiftedUint8WeightPerChannelFloat`, its scale and zero point fixed from W; the "
+        "differences above), the same damping lam = 0.01 mean(diag(X_hat^T X_hat)) (Brevitas' "
+        "alpha set to give it), natural order, each in the dtype shown. One row per ptq "
+        "variant: Brevitas implements the one whose codes agree (step 1 rounds the correction "
+        "z_1, the paper's form); the other differs at the first feature and, through the "
+        "re-fit, in the rest of those neurons. Errors are ||X W - X_hat Q||_F / ||X W||_F.\n",
         "\n## Theory bounds\n",
-        md_table(res["theory"], [("N", "N"), ("function", "function"), ("seconds", "seconds"),
-                                 ("vs_quantization", "/ quantization"), ("note", "note")]),
+        md_table(res["theory"], THEORY),
         "\n\"/ quantization\" divides by ptq.optq (OPTQ and stochastic bounds) or ptq.qronos "
-        "(Qronos bounds) at the same N, from the table above.\n",
+        "(Qronos bounds, float32) at the same N, from the table above. \"float64 limit\" = "
+        "the flops the function does / NumPy's float64 matrix-product rate measured in the "
+        "first row (2 N^3 / its median), and \"ratio to limit\" = seconds / limit. Counts "
+        "(experiments/bench/flops.py, read from theory/; X, X_hat (m, N), W (N, n)): "
+        "general product 2abc, Gram X^T X by SYRK m N^2, Cholesky and triangular inverse "
+        "N^3/3 each, triangular solve N^2 per right-hand side, the column norms every call "
+        "starts from 2mN. Element-wise work, copies and the float32 to float64 conversion "
+        "are not counted, so the O(m N) rows are memory-bound passes whose ratio is large "
+        "by nature, and LAPACK's potrf/trtri/trsm run below the product rate, so the "
+        "limit is a floor.\n",
     ]
     if res["skipped"]:
         out.append("\n## Skipped\n")
         out += [f"- {k}: {v}\n" for k, v in res["skipped"].items()]
-    notes = [f"- N = {r['N']}: qwix {r['qwix_note']}\n" for r in rows if "qwix_note" in r]
-    if notes:
-        out.append("\n## qwix\n")
-        out += notes
+    for peer, title in (("qwix", "qwix"), ("brevitas", "Brevitas")):
+        notes = [f"- N = {r['N']}: {title} {r[peer + '_note']}\n" for r in rows
+                 if peer + "_note" in r]
+        if notes:
+            out.append(f"\n## {title}\n")
+            out += notes
     return "\n".join(s for s in out if s)
 
 
@@ -154,6 +197,7 @@ def figure(res: dict, path_stem: str) -> None:
         ("qronos_s", "ptq.qronos", "C1", "s-"), ("torch_s", "PyTorch GPTQ (from X)", "C3", "^-"),
         ("torch_from_h_s", "PyTorch GPTQ from H", "C3", "^:"),
         ("qwix_s", "qwix GPTQ, eager", "C4", "v-"),
+        ("brevitas_qronos_s", "Brevitas Qronos", "C5", "D-"),
         ("limit_s", "machine limit", "k", "--"),
     ]
     for col, label, color, style in series:
@@ -181,9 +225,10 @@ def write(res: dict, out_dir: str, stem: str, command: str, note: str = "") -> l
     base = os.path.join(out_dir, stem)
     paths = []
     for key, suffix in (("rows", ""), ("sweep", "_sweep"), ("matmul", "_matmul"),
-                        ("agreement", "_agreement"), ("theory", "_theory")):
+                        ("agreement", "_agreement"), ("brevitas_agreement", "_brevitas_agreement"),
+                        ("theory", "_theory")):
         path = f"{base}{suffix}.csv"
-        pd.DataFrame(res[key]).to_csv(path, index=False)
+        pd.DataFrame(res.get(key, [])).to_csv(path, index=False)
         paths.append(path)
     with open(base + ".md", "w") as f:
         f.write(markdown(res, command, note))

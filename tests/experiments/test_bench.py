@@ -1,20 +1,22 @@
 """The benchmark runs end to end at tiny sizes and writes well-formed outputs.
 
 No timing assertions (speed lives in the benchmark's committed output): the checks are on
-shapes, finiteness, the files written, and the ptq-vs-torch agreement that makes the
-comparison one of the same work. The peers are optional extras and are skipped with the
-reason when not installed.
+shapes, finiteness, the files written, and the ptq-vs-torch and ptq-vs-Brevitas agreements
+that make the comparisons ones of the same work. The peers are optional extras and are
+skipped with the reason when not installed.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import jax
 import pandas as pd
 import pytest
 
-from experiments.bench import core, peers, report
+from experiments.bench import core, flops, peers, report
 from experiments.bench.__main__ import main
 
 SIZES = (64, 128)
@@ -58,7 +60,7 @@ def test_main_table_well_formed(cli_run):
     assert (df["limit_flops"] == df["n"] * df["N"] ** 2 + df["m"] * df["N"] ** 2).all()
     assert (df["optq_over_limit"] == df["optq_s"] / df["limit_s"]).all()
     # No peers were asked for: no peer columns.
-    assert not any(c.startswith(("torch", "qwix")) for c in df.columns)
+    assert not any(c.startswith(("torch", "qwix", "brevitas")) for c in df.columns)
 
 
 def test_markdown_and_sweep(cli_run):
@@ -73,6 +75,60 @@ def test_markdown_and_sweep(cli_run):
     assert {"optq_l2_bound", "qronos_l2_bound(factors)", "run: OPTQ (factorise + B1 + B2 + B3)",
             "run: Qronos (factorise(X_hat) + Q1)"} <= set(theory["function"])
     assert (theory["seconds"] >= 0).all()
+
+
+def test_theory_limits(cli_run):
+    """Every timed theory row has its flop count, float64 limit and ratio to it."""
+    theory = pd.read_csv(cli_run / "b_theory.csv")
+    assert set(theory["function"]) == set(flops.THEORY)
+    for col in ("gflop", "limit64_s", "over_limit64", "rate64_gflops"):
+        assert theory[col].map(math.isfinite).all() and (theory[col] > 0).all(), col
+    # The limit is seconds / ratio, and the rate comes from the matmul row, whose own ratio
+    # is 1 by construction (float rounding only).
+    assert (abs(theory["limit64_s"] * theory["over_limit64"] - theory["seconds"])
+            <= 1e-12 + 1e-9 * theory["seconds"]).all()
+    mm = theory[theory["function"] == "float64 matmul (N, N) x (N, N)"].iloc[0]
+    assert mm["over_limit64"] == pytest.approx(1.0, rel=1e-12)
+    text = (cli_run / "b.md").read_text()
+    assert "float64 limit [s]" in text and "ratio to limit" in text and "/ quantization" in text
+
+
+def _formula_value(formula: str, m: int, N: int, n: int) -> float:
+    """Evaluate a count such as ``m N^2 + N^3/3 + 2mN`` (juxtaposition = product)."""
+    total = 0.0
+    for term in formula.replace(" ", "").split("+"):
+        num, body, div = re.fullmatch(r"(\d*)([mNn^\d]*?)(?:/(\d+))?", term).groups()
+        value = float(num or 1) / float(div or 1)
+        for sym, power in re.findall(r"([mNn])(?:\^(\d+))?", body):
+            value *= {"m": m, "N": N, "n": n}[sym] ** int(power or 1)
+        total += value
+    return total
+
+
+@pytest.mark.parametrize("name", sorted(flops.THEORY))
+def test_flop_formulas_match_counts(name):
+    """The formula printed in the report is the count used (at shapes that separate terms)."""
+    count = flops.THEORY[name]
+    for m, N, n in ((6, 3, 2), (40, 16, 7), (8192, 4096, 4096)):
+        assert count.flops(m, N, n) == pytest.approx(_formula_value(count.formula, m, N, n),
+                                                     rel=1e-12), (m, N, n)
+
+
+def test_report_only_fills_theory_limits_of_old_runs(cli_run, tmp_path):
+    """A run saved before the limits existed (no counts, no Brevitas keys) re-renders with
+    them: they are derived from its measured seconds alone."""
+    res = json.loads((cli_run / "b.json").read_text())
+    res.pop("brevitas_agreement")
+    for row in res["theory"]:
+        for key in ("m", "n", "gflop", "flops_formula", "rate64_gflops", "limit64_s",
+                    "over_limit64"):
+            row.pop(key)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(res))
+    assert main(["--report-only", str(old), "--out", str(tmp_path), "--stem", "o"]) == 0
+    new = pd.read_csv(tmp_path / "o_theory.csv")
+    ref = pd.read_csv(cli_run / "b_theory.csv")
+    assert list(new["limit64_s"]) == pytest.approx(list(ref["limit64_s"]), rel=1e-12)
 
 
 def test_skipped_peer_is_reported(monkeypatch, float32):
@@ -129,6 +185,52 @@ def test_qwix_skip_rules(float32):
     row = {}
     core.measure_qwix(64, {}, opt, row, [(32, 10.0, 1.0)])
     assert row["qwix_note"].startswith("skipped: predicted")
+
+
+def test_brevitas_skip_rules(float32):
+    """The same rules for Brevitas' Qronos, with its own limits (nothing is run)."""
+    opt = core.Options(brevitas_max_n=100, brevitas_budget_s=1.0)
+    row: dict = {}
+    core.measure_brevitas(128, {}, opt, row, [])
+    assert row["brevitas_note"].startswith("skipped: N > brevitas_max_n")
+    row = {}
+    core.measure_brevitas(64, {}, opt, row, [(32, 10.0, 1.0)])
+    assert row["brevitas_note"].startswith("skipped: predicted")
+
+
+def test_brevitas_peer_and_agreement(tmp_path, float32):
+    """Brevitas' Qronos is timed, reported, and does the same work as ptq.qronos "paper"."""
+    if why := peers.brevitas_missing():
+        pytest.skip(why)
+    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("brevitas",),
+                       sweep_sizes=(), check_n=64, theory_n=None)
+    res = core.run(opt)
+    row = res["rows"][0]
+    assert row["brevitas_qronos_s"] > 0 and row["brevitas_update_s"] > 0
+    assert math.isfinite(row["brevitas_over_qronos"])
+    report.write(res, str(tmp_path), "t", "cmd")
+    text = (tmp_path / "t.md").read_text()
+    assert "## Same work: ptq.qronos vs Brevitas' Qronos" in text and "brevitas / qronos" in text
+    assert (tmp_path / "t_brevitas_agreement.csv").exists()
+    rows = {(a["dtype"], a["ptq_variant"]): a for a in res["brevitas_agreement"]}
+    assert set(rows) == {(d, v) for d in ("float32", "float64") for v in ("paper", "ls_first")}
+    for dtype, ulp in (("float32", 1e-6), ("float64", 1e-14)):
+        paper = rows[dtype, "paper"]
+        # Same grid: min-max per neuron in both; the scales differ by float rounding only.
+        assert paper["grid_scale_max_rel_diff"] < ulp and paper["grid_zero_max_diff"] == 0
+        # ptq's z_1 keeps lam where Brevitas' drops it: a relative O(lam / ||x_hat_1||^2)
+        # change to a correction that is itself small, which moves no code on this data;
+        # in float32 a code may still flip at a rounding boundary (1% slack, as for torch).
+        if dtype == "float64":
+            assert paper["codes_equal_frac"] == 1.0
+            assert paper["err_rel_diff"] < 1e-12  # same codes, same Q: rounding of the norm
+        else:
+            assert paper["codes_equal_frac"] >= 0.99
+            assert paper["err_rel_diff"] < 1e-3
+        # The other variant rounds wt_1 at step 1: some first codes differ, and the errors.
+        ls_first = rows[dtype, "ls_first"]
+        assert ls_first["first_codes_equal_frac"] < 1.0
+        assert ls_first["codes_equal_frac"] < paper["codes_equal_frac"]
 
 
 def test_report_only_rederives_a_saved_run(cli_run, tmp_path):
