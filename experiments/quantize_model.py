@@ -205,10 +205,15 @@ class FullPrecisionCache:
         return self.targets[key]
 
 
+# One layer's quantization: (options, X, X_hat, W, grid, key) -> result, as `quantize_layer`.
+Quantizer = Callable[..., object]
+
+
 def quantize_model(model: Model, options: Options, batch, *,
                    on_layer: Callable[[LayerContext], dict | None] | None = None,
                    stop_at: str | None = None, cache: FullPrecisionCache | None = None,
-                   progress: bool = False, overrides: Mapping[str, Mapping] | None = None):
+                   progress: bool = False, overrides: Mapping[str, Mapping] | None = None,
+                   quantizer: Quantizer | None = None):
     """Quantize every linear layer of ``model`` in forward order on one calibration batch.
 
     Args:
@@ -223,6 +228,12 @@ def quantize_model(model: Model, options: Options, batch, *,
       overrides: layer name -> {Options field: value} for that layer only (mixed precision:
         ``{"encoder.layer.0.attention.self.query": {"bits": 8}}``); every name must be a
         linear layer of the model, and each layer's options are checked as ``options`` are.
+      quantizer: what quantizes one layer, called as ``quantizer(options, X, X_hat, W, grid,
+        key)`` in place of `quantize_layer` (the default); the extension point for another
+        implementation of the same algorithm on the same captured inputs (the benchmark's
+        PyTorch GPTQ, `experiments.bench.model`). Its result needs what the driver reads of a
+        ptq result for ``options.algorithm``: ``Q`` (N, n) on ``grid``, ``grid``, ``lam``,
+        ``w_max`` (n,) and, for Qronos, ``W_start``. Its call is what ``seconds`` times.
 
     Returns:
       ``(records, params)``: one dict per linear layer (name, layer, kind, index, the options,
@@ -263,7 +274,8 @@ def quantize_model(model: Model, options: Options, batch, *,
                     bar.close()
                     return X_hat
                 rec = _quantize_one(layer_options[name], model, i, kind, len(records), X, X_hat,
-                                    params["blocks"][i][kind], qblocks[i], base, cache, on_layer)
+                                    params["blocks"][i][kind], qblocks[i], base, cache, on_layer,
+                                    quantizer or quantize_layer)
                 records.append(rec)
                 bar.update()
     bar.close()
@@ -303,7 +315,7 @@ def _fp_inputs(model, batch, cache, name, x_fp) -> np.ndarray:
 
 
 def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb, qblock: dict,
-                  base, cache, on_layer) -> dict:
+                  base, cache, on_layer, quantizer: Quantizer = quantize_layer) -> dict:
     """Quantize layer (i, kind), write it into ``qblock`` and return its record."""
     from experiments.run import realised_step
 
@@ -312,7 +324,7 @@ def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb
     grid = make_grid(o, W)
     key = jax.random.fold_in(base, index) if o.rounding == "stochastic" else None
     t0 = time.perf_counter()
-    res = quantize_layer(o, X, X_hat, W, grid, key)
+    res = quantizer(o, X, X_hat, W, grid, key)
     Q = jnp.asarray(res.Q, jnp.float32)
     Q.block_until_ready()
     seconds = time.perf_counter() - t0
@@ -379,5 +391,6 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
     return {"measured": ctx.measured, "clipped": clip, "bounds": checked}
 
 
-__all__ = ["ALGORITHMS", "P_DEFAULT", "FullPrecisionCache", "LayerContext", "Options", "check_options",
-           "make_grid", "make_options", "measure", "quantize_layer", "quantize_model", "theory_bounds"]
+__all__ = ["ALGORITHMS", "P_DEFAULT", "FullPrecisionCache", "LayerContext", "Options", "Quantizer",
+           "check_options", "make_grid", "make_options", "measure", "quantize_layer",
+           "quantize_model", "theory_bounds"]

@@ -2,6 +2,8 @@
 
     python -m experiments.bench                                   # the full run (figures/bench*)
     python -m experiments.bench --sizes 512 1024 --repeats 3 --peers torch
+    python -m experiments.bench --sizes 128 256 --repeats 1 --peers brevitas --sweep-sizes \
+        --theory-n 256 --check-n 128 --out /tmp/bench           # Brevitas' Qronos, small
     python -m experiments.bench --sizes 64 128 --repeats 1 --peers none --sweep-sizes 128 \
         --theory-n 128 --check-n 64 --out /tmp/bench
     python -m experiments.bench --only intmm     # INT8 / INT4 matmuls (figures/intmm.*)
@@ -28,9 +30,12 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
     d = core.Options()
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["gptq", "intmm"], default="gptq",
+    p.add_argument("--only", choices=["gptq", "intmm", "model"], default="gptq",
                    help="gptq: the quantization benchmark (figures/bench*); intmm: INT8/INT4 "
-                        "weight matmuls against float32 (figures/intmm*)")
+                        "weight matmuls against float32 (figures/intmm*); model: SmolLM2 "
+                        "quantized end to end against the torch GPTQ, and one 11008 x 4096 "
+                        "layer (figures/bench_model*; its own sizes: python -m "
+                        "experiments.bench.model --help)")
     p.add_argument("--shapes", type=_shape, nargs="+", default=list(intmm.SHAPES),
                    help="intmm: layer shapes NxN_out, e.g. 384x1536")
     p.add_argument("--batches", type=int, nargs="+", default=list(intmm.BATCHES),
@@ -43,16 +48,22 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
                    help="repeat fast calls until their runs add up to this many seconds "
                         f"({d.min_time:g}); intmm: seconds per timed chunk "
                         f"({intmm.Options.min_time:g})")
-    p.add_argument("--peers", nargs="+", default=list(d.peers), choices=["torch", "qwix", "none"])
+    p.add_argument("--peers", nargs="+", default=list(d.peers),
+                   choices=["torch", "qwix", "brevitas", "none"])
     p.add_argument("--qwix-max-n", type=int, default=d.qwix_max_n)
     p.add_argument("--qwix-repeats", type=int, default=d.qwix_repeats)
     p.add_argument("--qwix-budget", type=float, default=d.qwix_budget_s,
                    help="skip qwix at N when its predicted time (from the last N) exceeds this [s]")
+    p.add_argument("--brevitas-max-n", type=int, default=d.brevitas_max_n)
+    p.add_argument("--brevitas-repeats", type=int, default=d.brevitas_repeats)
+    p.add_argument("--brevitas-budget", type=float, default=d.brevitas_budget_s,
+                   help="skip Brevitas' Qronos at N when its predicted time exceeds this [s]")
     p.add_argument("--bits", type=int, default=d.bits)
     p.add_argument("--block-size", type=int, default=d.block_size)
     p.add_argument("--sweep-sizes", type=int, nargs="*", default=list(d.sweep_sizes))
     p.add_argument("--sweep-blocks", type=int, nargs="+", default=list(d.sweep_blocks))
-    p.add_argument("--check-n", type=int, default=d.check_n, help="0 skips the torch check")
+    p.add_argument("--check-n", type=int, default=d.check_n,
+                   help="size of the torch and Brevitas agreement checks; 0 skips them")
     p.add_argument("--theory-n", type=int, default=d.theory_n, help="0 skips the theory timing")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default="figures", help="output folder")
@@ -65,7 +76,9 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
         sizes=tuple(a.sizes), repeats=d.repeats if a.repeats is None else a.repeats,
         min_time=d.min_time if a.min_time is None else a.min_time,
         peers=tuple(x for x in a.peers if x != "none"), qwix_max_n=a.qwix_max_n,
-        qwix_repeats=a.qwix_repeats, qwix_budget_s=a.qwix_budget, bits=a.bits,
+        qwix_repeats=a.qwix_repeats, qwix_budget_s=a.qwix_budget,
+        brevitas_max_n=a.brevitas_max_n, brevitas_repeats=a.brevitas_repeats,
+        brevitas_budget_s=a.brevitas_budget, bits=a.bits,
         block_size=a.block_size, sweep_sizes=tuple(a.sweep_sizes),
         sweep_blocks=tuple(a.sweep_blocks), check_n=a.check_n, theory_n=a.theory_n or None,
         seed=a.seed,
@@ -79,6 +92,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = ("python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)).strip()
     note = a.note
+    if a.only == "model":  # --bits, --block-size, --seed, --out and --note apply
+        from experiments.bench import model
+
+        opt = model.Options(bits=a.bits, block_size=a.block_size, seed=a.seed)
+        return model.cli(opt, a.out, command, note)
     if a.only == "intmm":
         d = intmm.Options()
         iopt = intmm.Options(shapes=tuple(a.shapes), batches=tuple(a.batches),
@@ -96,6 +114,7 @@ def main(argv=None) -> int:
         command, note = res.pop("command"), note or res.pop("note", "")
         res.pop("note", None)
         core.derive(res["rows"], res["matmul"])
+        core.derive_theory(res["theory"])  # also fills the limits in on runs saved before them
     else:
         res = core.run(opt, progress=lambda msg: print(msg, flush=True))
     paths = report.write(res, a.out, a.stem, command, note)
