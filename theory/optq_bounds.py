@@ -259,9 +259,9 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
     off = update_coefficients(f)
     np.fill_diagonal(off, 0.0)  # V is upper triangular: what is left are the entries s < j
-    # sums of squares by einsum: no (N, N) temporary
+    # no (N, N) temporary: sums of squares by einsum, absolute sums over blocks of rows
     if kind == "l1":
-        growth = np.abs(off).sum(axis=0)  # c_j = sum_{s<j} |V_sj|
+        growth = sum(np.abs(off[i:i + 256]).sum(axis=0) for i in range(0, N, 256))  # c_j
     else:
         growth = np.sqrt(np.einsum("sj,sj->j", off, off))  # sqrt(sum_{s<j} V_sj^2)
     update_norm = np.sqrt(np.einsum("sj,sj->s", off, off))
