@@ -50,12 +50,17 @@ def as_arrays(*named: tuple[str, object]):
     out = []
     for name, A in named:
         A = jnp.asarray(A, dtype=dtype)
-        finite = jnp.isfinite(A)
-        if not bool(jnp.all(finite)):
-            bad = int(A.size - jnp.count_nonzero(finite))
+        if not bool(_all_finite(A)):
+            bad = int(A.size - jnp.count_nonzero(jnp.isfinite(A)))
             raise ValueError(f"`{name}` must be finite; got {bad} NaN or Inf entries")
         out.append(A)
     return out
+
+
+@jax.jit
+def _all_finite(A: jax.Array) -> jax.Array:
+    """Whether every entry of ``A`` is finite: one fused pass, no boolean temporary."""
+    return jnp.all(jnp.isfinite(A))
 
 
 def check_common(grid, n: int, rounding: str, key, block_size, *, N: int | None = None) -> None:
