@@ -81,6 +81,13 @@ def flops_limit(N: int, m: int, n: int) -> float:
     return float(n * N * N + m * N * N)
 
 
+def qronos_flops_limit(N: int, m: int, n: int) -> float:
+    """Flops counted in Qronos' own limit: OPTQ's (`flops_limit`, on X_hat) + the cross Gram
+    ``X_hat^T X`` (a general product, ``2 m N^2``) + ``G W`` (``2 N^2 n``) + the two
+    triangular solves of the least-squares start (``2 N^2 n``): ``3 m N^2 + 5 n N^2``."""
+    return flops_limit(N, m, n) + 2.0 * m * N * N + 4.0 * n * N * N
+
+
 def _timer(opt: Options):
     """``time_call`` with the run's repeats and minimum total time."""
     return lambda fn: timing.time_call(fn, opt.repeats, min_time=opt.min_time)
@@ -488,6 +495,9 @@ def derive(rows: list[dict], matmul: list[dict]) -> None:
         row["optq_over_limit"] = row["optq_s"] / row["limit_s"]
         row["optq_best_over_limit"] = row["optq_best_s"] / row["limit_s"]
         row["qronos_over_optq"] = row["qronos_s"] / row["optq_s"]
+        row["qronos_limit_s"] = row["chol_s"] + (qronos_flops_limit(N, row["m"], row["n"])
+                                                 / (row["rate_gflops"] * 1e9))
+        row["qronos_over_limit"] = row["qronos_s"] / row["qronos_limit_s"]
         for peer in ("torch", "qwix"):
             if f"{peer}_s" in row and not math.isnan(row[f"{peer}_s"]):
                 row[f"{peer}_over_optq"] = row[f"{peer}_s"] / row["optq_s"]

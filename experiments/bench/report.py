@@ -36,6 +36,7 @@ QRONOS = [
     ("N", "N"), ("qronos_s", "ptq.qronos [s]"), ("gram_s", "X_hat^T X_hat (sym) [s]"),
     ("qronos_cross_gram_s", "X_hat^T X [s]"), ("qronos_lsq_s", "factor + G W + 2 solves [s]"),
     ("kernel_s", "kernel [s]"), ("qronos_over_optq", "qronos / optq"),
+    ("qronos_limit_s", "qronos limit [s]"), ("qronos_over_limit", "qronos / its limit"),
     ("brevitas_qronos_s", "Brevitas Qronos [s]"), ("brevitas_gram_s", "Brevitas H, G hooks [s]"),
     ("brevitas_update_s", "Brevitas update [s]"), ("brevitas_over_qronos", "brevitas / qronos"),
 ]
@@ -119,7 +120,9 @@ def markdown(res: dict, command: str, note: str) -> str:
         "\nQronos factorises Hh = X_hat^T X_hat + lam I like OPTQ, and also forms "
         "G = X_hat^T X (2 m N^2 flops, a general product), G W (2 N^2 n) and two triangular "
         "solves (2 n N^2) for the least-squares start wt = Hh^{-1} G W: about "
-        "11.6 N^3 flops against OPTQ's 3.6 N^3 at m = 2N, n = N. Brevitas forms H and G "
+        "11 N^3 flops besides the Cholesky against OPTQ's 3 N^3 at m = 2N, n = N. Its own "
+        "limit, \"qronos limit\", is OPTQ's limit plus those products at the same rate: the "
+        "measured Cholesky + (3 m N^2 + 5 n N^2) / rate. Brevitas forms H and G "
         "(two general products) in its forward hooks, then inverts Hh, re-fits the later "
         "weights after step 1 and runs GPTQ's loop over columns in `single_layer_update`.\n",
         "## Compile time\n",
