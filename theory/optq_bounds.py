@@ -240,8 +240,10 @@ def optq_structural_bound(
 
 
 def weight_bound_from_growth(Wp: np.ndarray, growth: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``max_j (|w_j| + scale * growth_j)`` per neuron (Wp (N, n) processing order)."""
-    return np.max(np.abs(Wp) + growth[:, None] * scale[None, :], axis=0)
+    """``max_j (|w_j| + scale * growth_j)`` per neuron (Wp (N, n) processing order), over
+    blocks of 256 rows (no (N, n) temporary)."""
+    return np.max([np.max(np.abs(Wp[i:i + 256]) + growth[i:i + 256, None] * scale[None, :],
+                          axis=0) for i in range(0, Wp.shape[0], 256)], axis=0)
 
 
 def levels_for(bound: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -267,7 +269,11 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
     update_norm = np.sqrt(np.einsum("sj,sj->s", off, off))
     with np.errstate(divide="ignore"):
         cap = np.sqrt(f.col_sq_norms) / (2.0 * np.sqrt(f.lam)) if f.lam > 0 else np.full(N, np.inf)
-    Wp = np.where(f.live[:, None], W[f.order], 0.0)  # OPTQ zeroes dead features first
+    # OPTQ zeroes dead features first; the natural order with no dead feature needs no copy
+    if np.array_equal(f.order, np.arange(N)) and f.live.all():
+        Wp = W
+    else:
+        Wp = np.where(f.live[:, None], W[f.order], 0.0)
     return f, Wp, st, off, growth, update_norm, cap
 
 
