@@ -181,8 +181,7 @@ def gather_index(perm) -> jax.Array | None:
     an (N, N) array costs about as much as a pass over it (~25 ms on 2 cores), and the
     natural order is the default.
     """
-    perm = np.asarray(perm)
-    return None if np.array_equal(perm, np.arange(perm.size)) else jnp.asarray(perm)
+    return None if options.is_natural(perm) else jnp.asarray(np.asarray(perm))
 
 
 def take_rows(A: jax.Array, p: jax.Array | None) -> jax.Array:

@@ -135,6 +135,13 @@ def check_layer_shapes(X, W, X_hat=None) -> tuple[int, int, int]:
     return m, N, n
 
 
+def is_natural(perm) -> bool:
+    """Whether the permutation ``perm`` is the identity, the natural order (the default), for
+    which every reordering gather or copy can be skipped."""
+    perm = np.asarray(perm)
+    return bool(np.array_equal(perm, np.arange(perm.size)))
+
+
 def check_finite_numpy(name: str, A: np.ndarray) -> None:
     """Raise if a NumPy array holds NaN or Inf.
 

@@ -98,7 +98,7 @@ def factorise(
     # computes X.T @ X with BLAS syrk and mirrors the triangle, so it is exactly symmetric.
     rev = perm[::-1]
     K = X.T @ X
-    if np.array_equal(perm, np.arange(N)):
+    if options.is_natural(perm):
         # the natural order: J H J is H's C-order buffer read backwards, reversed in place
         reverse_in_place(K)
     else:
@@ -181,8 +181,7 @@ def rows_of_M(X: np.ndarray, f: Factors) -> np.ndarray:
     returned as a transposed view (measured at m = 8192, N = 4096: 1.9 s against 3.5 s for a
     row gather that the solve then copied into column-major order).
     """
-    natural = np.array_equal(f.order, np.arange(X.shape[1]))
-    Xp = X.copy() if natural else X[:, f.order]
+    Xp = X.copy() if options.is_natural(f.order) else X[:, f.order]
     Z = scipy.linalg.solve_triangular(f.R, Xp.T, lower=False, check_finite=False,
                                       overwrite_b=True)
     Z *= f.r[:, None]

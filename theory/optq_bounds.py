@@ -270,7 +270,7 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
     with np.errstate(divide="ignore"):
         cap = np.sqrt(f.col_sq_norms) / (2.0 * np.sqrt(f.lam)) if f.lam > 0 else np.full(N, np.inf)
     # OPTQ zeroes dead features first; the natural order with no dead feature needs no copy
-    if np.array_equal(f.order, np.arange(N)) and f.live.all():
+    if options.is_natural(f.order) and f.live.all():
         Wp = W
     else:
         Wp = np.where(f.live[:, None], W[f.order], 0.0)
