@@ -176,26 +176,18 @@ def test_qwix_peer(float32):
     assert row["qwix_s"] > 0 and row["qwix_first_s"] > 0 and math.isfinite(row["qwix_over_optq"])
 
 
-def test_qwix_skip_rules(float32):
-    """Above qwix_max_n, or predicted over budget, qwix is skipped with the reason."""
-    opt = core.Options(qwix_max_n=100, qwix_budget_s=1.0)
+@pytest.mark.parametrize("peer", ["qwix", "brevitas"])
+def test_slow_peer_skip_rules(float32, peer):
+    """Above the peer's max_n, or predicted over its budget, it is skipped with the reason
+    (nothing is run)."""
+    opt = core.Options(**{f"{peer}_max_n": 100, f"{peer}_budget_s": 1.0})
+    measure = getattr(core, f"measure_{peer}")
     row: dict = {}
-    core.measure_qwix(128, {}, opt, row, [])
-    assert row["qwix_note"].startswith("skipped: N > qwix_max_n")
+    measure(128, {}, opt, row, [])
+    assert row[f"{peer}_note"].startswith(f"skipped: N > {peer}_max_n")
     row = {}
-    core.measure_qwix(64, {}, opt, row, [(32, 10.0, 1.0)])
-    assert row["qwix_note"].startswith("skipped: predicted")
-
-
-def test_brevitas_skip_rules(float32):
-    """The same rules for Brevitas' Qronos, with its own limits (nothing is run)."""
-    opt = core.Options(brevitas_max_n=100, brevitas_budget_s=1.0)
-    row: dict = {}
-    core.measure_brevitas(128, {}, opt, row, [])
-    assert row["brevitas_note"].startswith("skipped: N > brevitas_max_n")
-    row = {}
-    core.measure_brevitas(64, {}, opt, row, [(32, 10.0, 1.0)])
-    assert row["brevitas_note"].startswith("skipped: predicted")
+    measure(64, {}, opt, row, [(32, 10.0, 1.0)])
+    assert row[f"{peer}_note"].startswith("skipped: predicted")
 
 
 def test_brevitas_peer_and_agreement(tmp_path, float32):
