@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from experiments import records, sweep
 from experiments.figures import FIGURES
@@ -51,3 +52,20 @@ def test_hydra_multirun_command_line(tmp_path, preset, launcher):
     # The in-process sweep names the same runs identically: nothing left to compute.
     again = sweep.run_sweep(preset, "smoke", [f"out_dir={out}"], progress=False)
     assert again.ran == 0 and again.skipped == len(recs)
+
+
+@pytest.mark.parametrize("preset, size, extra", [
+    *((p, "smoke", None) for p in FIGURES),
+    # a default size whose points choose config groups (algorithm) besides values, with a
+    # value override on the command line (composing each of its 84 points in full is the
+    # slow part, about 0.1 s a point; smoke's tightness covers choosing `data`)
+    ("bits", "default", ["algorithm.lam=0.5"]),
+])
+def test_fast_configs_equal_hydra_composed(preset, size, extra):
+    """`sweep.configs` (one composition per group choice, values set on a copy) gives, point
+    for point, the YAML text Hydra composes in full: same keys, values, types and order."""
+    fast = [OmegaConf.to_yaml(c) for c in sweep.configs(preset, size, extra)]
+    slow = [OmegaConf.to_yaml(c) for c in sweep.composed_configs(preset, size, extra)]
+    assert len(fast) == len(sweep.points(preset, size, extra)) > 0
+    for i, (f, s) in enumerate(zip(fast, slow, strict=True)):
+        assert f == s, (preset, size, sweep.points(preset, size, extra)[i])
