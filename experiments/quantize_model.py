@@ -195,6 +195,7 @@ class FullPrecisionCache:
     def __init__(self):
         self.inputs: dict[str, np.ndarray] = {}
         self.targets: dict[tuple[str, str], jax.Array] = {}
+        self.complete = False  # set by a whole-model run: ``inputs`` has every layer
 
     def target(self, name: str, X: np.ndarray, W):
         """``X @ W`` in the run's precision (one cache entry per precision)."""
@@ -223,7 +224,9 @@ def quantize_model(model: Model, options: Options, batch, *,
       on_layer: called with a `LayerContext` after each layer; the dict it returns is merged
         into that layer's record (the hook for the `theory` bounds).
       stop_at: a layer name: return that layer's X_hat once every earlier layer is quantized.
-      cache: keeps the full-precision inputs and targets across calls on the same batch.
+      cache: keeps the full-precision inputs and targets across calls on the same batch; once
+        a whole-model run has filled it (``cache.complete``), later calls do not run the
+        full-precision copy of the model at all.
       progress: a progress bar over the linear layers.
       overrides: layer name -> {Options field: value} for that layer only (mixed precision:
         ``{"encoder.layer.0.attention.self.query": {"bits": 8}}``); every name must be a
@@ -255,17 +258,21 @@ def quantize_model(model: Model, options: Options, batch, *,
     bar = tqdm(total=len(names), desc=f"{model.name} {o.algorithm} {o.bits}b", unit="layer",
                disable=not progress, leave=False)
     h_fp = h_q = model.embed(params, batch)
+    # Once a cache holds every layer's full-precision inputs, the full-precision copy of the
+    # model is not run at all: only the quantized one advances.
+    fp_needed = cache is None or not cache.complete
     for i in range(model.n_blocks):
-        fp_stages = model.block(params["blocks"][i], h_fp, batch)
+        fp_stages = model.block(params["blocks"][i], h_fp, batch) if fp_needed else None
         q_stages = model.block(qblocks[i], h_q, batch)
         while True:
             try:
-                kinds, x_fp = next(fp_stages)
+                kinds, x_q = next(q_stages)
             except StopIteration as done:
-                h_fp = done.value
-                h_q = _finish(q_stages)
+                h_q = done.value
+                if fp_stages is not None:
+                    h_fp = _finish(fp_stages)
                 break
-            _, x_q = next(q_stages)
+            x_fp = None if fp_stages is None else _next_stage(fp_stages, kinds)
             X_hat = model.rows(batch, x_q)
             X = _fp_inputs(model, batch, cache, model.layer_name(i, kinds[0]), x_fp)
             for kind in kinds:
@@ -279,6 +286,8 @@ def quantize_model(model: Model, options: Options, batch, *,
                 records.append(rec)
                 bar.update()
     bar.close()
+    if cache is not None:
+        cache.complete = True
     return records, {**params, "blocks": qblocks}
 
 
@@ -306,10 +315,23 @@ def _finish(stages):
     raise RuntimeError("the two copies of the model stopped at different places")
 
 
+def _next_stage(stages, kinds):
+    """The full-precision copy's next stage input, which must be for the same layers."""
+    try:
+        fp_kinds, x = next(stages)
+    except StopIteration:
+        fp_kinds = None
+    if fp_kinds != kinds:
+        raise RuntimeError("the two copies of the model stopped at different places")
+    return x
+
+
 def _fp_inputs(model, batch, cache, name, x_fp) -> np.ndarray:
     if cache is None:
         return model.rows(batch, x_fp)
     if name not in cache.inputs:
+        if x_fp is None:
+            raise RuntimeError(f"`cache` is marked complete but has no inputs for {name!r}")
         cache.inputs[name] = model.rows(batch, x_fp)
     return cache.inputs[name]
 

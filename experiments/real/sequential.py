@@ -51,7 +51,8 @@ def _cache(n_tokens: int) -> qm.FullPrecisionCache:
     """The full-precision inputs of every layer at ``n_tokens`` (from `activations`, one
     forward pass) and, filled as runs need them, the float64 targets ``X @ W``."""
     cache = qm.FullPrecisionCache()
-    cache.inputs.update(activations.full_precision(n_tokens).inputs)
+    cache.inputs.update(activations.full_precision(n_tokens).inputs)  # every linear layer's
+    cache.complete = True
     return cache
 
 

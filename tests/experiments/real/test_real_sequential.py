@@ -92,6 +92,39 @@ def test_x_hat_is_the_partially_quantized_input(real_model):
     assert gap[1] < gap[0]
 
 
+def test_a_complete_cache_skips_the_full_precision_copy_and_changes_nothing(real_model):
+    """The driver's second run on a filled `FullPrecisionCache` runs only the quantized copy
+    of the model (half the block calls) and returns bitwise the same records and weights."""
+    from experiments import quantize_model as qm
+    from experiments.models.minilm import MiniLM
+    from experiments.real import text
+
+    class Counting(MiniLM):  # the real adapter, counting the blocks it runs
+        calls = 0
+
+        def block(self, p, h, batch):
+            Counting.calls += 1
+            return super().block(p, h, batch)
+
+    model, batch = Counting(), text.calibration_batch(256)
+    o = qm.make_options("qronos", 3)
+    cache = qm.FullPrecisionCache()
+    runs = []
+    for _ in range(2):
+        Counting.calls = 0
+        runs.append((qm.quantize_model(model, o, batch, cache=cache), Counting.calls))
+        assert cache.complete
+    (first, calls_first), (second, calls_second) = runs
+    assert (calls_first, calls_second) == (2 * model.n_blocks, model.n_blocks)
+    for a, b in zip(first[0], second[0], strict=True):
+        assert a["name"] == b["name"]
+        for key in ("err2", "errinf", "self2", "rel_err", "input_mismatch", "e_ls"):
+            np.testing.assert_array_equal(a[key], b[key])
+    for pa, pb in zip(first[1]["blocks"], second[1]["blocks"], strict=True):
+        for kind in pa:
+            np.testing.assert_array_equal(np.asarray(pa[kind][0]), np.asarray(pb[kind][0]))
+
+
 @pytest.mark.parametrize("algorithm", ["optq", "qronos"])
 def test_no_bound_violation_on_real_layers(real_model, algorithm):
     """Every applicable bound (B1, B2, B3 and Q2 for OPTQ from X_hat; Q1 for Qronos) on the
