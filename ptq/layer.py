@@ -119,27 +119,58 @@ def _check_grid_shapes(grid: Grid, n: int, N: int | None) -> None:
             )
 
 
-@jax.jit
+def _on_host(*arrays) -> bool:
+    """Whether every array is a concrete JAX array on the CPU (not a tracer, not a GPU/TPU
+    buffer): then NumPy reads its buffer without a copy."""
+    return all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+               and all(d.platform == "cpu" for d in a.devices()) for a in arrays)
+
+
+# On the CPU the two Gram products go to NumPy's BLAS, on zero-copy views of the inputs:
+# XLA:CPU has no symmetric rank-k update and runs a product with a transposed operand at about
+# half its usual rate, while ``A.T @ A`` in NumPy is one BLAS syrk (m N^2 flops, the other
+# triangle mirrored, so exactly symmetric) and ``A.T @ B`` one gemm. Measured at m = 8192,
+# N = 4096, float32, 2 cores: X^T X 0.93 s against 1.35-1.7 s (gram_sym below), X_hat^T X
+# 1.59 s against 3.16 s. On a GPU/TPU, and inside a trace, XLA computes them.
+
+
 def gram(A: jax.Array, B: jax.Array) -> jax.Array:
-    """``A^T B`` at full float precision."""
+    """``A^T B`` at full float precision (on the CPU by NumPy's BLAS, see above)."""
+    if _on_host(A, B):
+        return jnp.asarray(np.asarray(A).T @ np.asarray(B))
+    return _gram_xla(A, B)
+
+
+@jax.jit
+def _gram_xla(A, B):
     return jnp.dot(A.T, B, precision=HIGHEST)
 
 
-@jax.jit
 def gram_sym(X: jax.Array) -> jax.Array:
-    """``X^T X``, exactly symmetric, with about 9/16 of the flops of a general product.
+    """``X^T X``, exactly symmetric (to the last bit).
 
-    The column halves give ``[[X1^T X1, X1^T X2], [(X1^T X2)^T, X2^T X2]]``; the diagonal
-    blocks recurse (three levels at most, while N >= 1024), so only the off-diagonal products
-    are full matrix products. The result is symmetric to the last bit.
+    On the CPU, NumPy's ``X.T @ X``: one BLAS syrk, half the flops of a general product. On
+    other devices (and under a trace), XLA: the column halves give ``[[X1^T X1, X1^T X2],
+    [(X1^T X2)^T, X2^T X2]]``; the diagonal blocks recurse (three levels at most, while
+    N >= 1024), so only the off-diagonal products are full matrix products, about 9/16 of
+    the flops of a general product.
     """
+    if _on_host(X):
+        Xh = np.asarray(X)
+        return jnp.asarray(Xh.T @ Xh)
+    return _gram_sym_xla(X)
+
+
+@jax.jit
+def _gram_sym_xla(X):
     return _gram_sym(X, depth=3)
 
 
 def _gram_sym(X, depth):
     N = X.shape[1]
-    if depth == 0 or N < 1024:
-        return jnp.dot(X.T, X, precision=HIGHEST)
+    if depth == 0 or N < 1024:  # a product XLA does not make symmetric: mirror its lower half
+        H = jnp.dot(X.T, X, precision=HIGHEST)
+        return jnp.tril(H) + jnp.tril(H, -1).T
     h = N // 2
     X1, X2 = X[:, :h], X[:, h:]
     H12 = jnp.dot(X1.T, X2, precision=HIGHEST)

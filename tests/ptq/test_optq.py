@@ -209,3 +209,32 @@ def test_per_weight_grid_rounds_each_feature_with_its_own_row(rng):
         # feedback of size |X^T X| / lam ~ 1e-12 moves no weight across a rounding boundary
         np.testing.assert_array_equal(np.asarray(res.codes), np.asarray(ptq.rtn(W, grid).codes))
         check_invariants(res, grid, 12, 3, jnp.float64)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("N", [300, 1100])  # 1100: XLA's blocked recursion is taken
+def test_gram_products_on_the_host_match_xla_and_the_float64_product(dtype, N):
+    """On the CPU, gram_sym / gram go to NumPy's BLAS (syrk / gemm). Both routes agree with
+    the float64 product to the dtype's rounding (N eps relative to |X|^T |X|), gram_sym is
+    exactly symmetric either way, and under jit (a tracer) XLA computes them."""
+    from ptq import layer
+
+    rng = np.random.default_rng(N)
+    A64 = rng.standard_normal((257, N))
+    B64 = A64 + 0.1 * rng.standard_normal((257, N))
+    A, B = jnp.asarray(A64, dtype), jnp.asarray(B64, dtype)
+    assert layer._on_host(A, B)
+    eps = float(jnp.finfo(dtype).eps)
+    exact = [(np.asarray(A, np.float64).T @ np.asarray(A, np.float64),
+              np.abs(np.asarray(A, np.float64)).T @ np.abs(np.asarray(A, np.float64))),
+             (np.asarray(A, np.float64).T @ np.asarray(B, np.float64),
+              np.abs(np.asarray(A, np.float64)).T @ np.abs(np.asarray(B, np.float64)))]
+    routes = {"host": (layer.gram_sym(A), layer.gram(A, B)),
+              "xla": (layer._gram_sym_xla(A), layer._gram_xla(A, B)),
+              "jit": (jax.jit(layer.gram_sym)(A), jax.jit(layer.gram)(A, B))}
+    for name, (H, G) in routes.items():
+        assert H.dtype == G.dtype == dtype, name
+        H, G = np.asarray(H, np.float64), np.asarray(G, np.float64)
+        np.testing.assert_array_equal(H, H.T, err_msg=name)
+        for got, (ref, scale) in zip((H, G), exact):
+            assert np.all(np.abs(got - ref) <= 257 * eps * scale), name
