@@ -194,8 +194,10 @@ def update_coefficients(f: Factors) -> np.ndarray:
     Row s, j > s, is ``-(Xa_{>s}^+ Xa_s)_j``: OPTQ's update of ``w_j`` per unit of ``e_s``.
     One triangular inverse (LAPACK trtri, N^3/3 flops): B3 and S3 need entries of U itself.
     """
-    # trtri of the lower factor R^T, seen column-major (no copy): (R^T)^{-1} = (R^{-1})^T.
-    RinvT, info = scipy.linalg.lapack.dtrtri(f.R.T, lower=1)
+    # trtri of the lower factor R^T, in place on one copy of R's buffer seen column-major:
+    # (R^T)^{-1} = (R^{-1})^T. Letting trtri copy its input instead costs about twice the
+    # inverse's own time at N = 4096 (0.69 s against 0.21 + 0.32 s, measured).
+    RinvT, info = scipy.linalg.lapack.dtrtri(f.R.copy().T, lower=1, overwrite_c=1)
     if info != 0:
         raise ValueError(f"the triangular factor is singular (trtri info = {info})")
     V = RinvT.T  # zero below the diagonal, as R is

@@ -23,8 +23,9 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from ptq import options
-from theory._factor import as_matrix, factorise, resolve, update_coefficients
+from theory._factor import as_matrix, factorise, resolve
 from theory._steps import check_steps, in_processing_order, per_neuron
+from theory.optq_bounds import update_magnitudes
 from theory.stochastic import check_p, hoeffding_factor
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def lam_guidance(
     feasible = np.zeros(L, bool)
     for i, lam in enumerate(lams):
         f = factorise(X, lam=float(lam), order=perm)
-        off = np.triu(update_coefficients(f), 1)
-        c = np.abs(off).sum(0) if rounding == "nearest" else np.sqrt((off**2).sum(0))
+        # A: |V_sj| (nearest, B3) or V_sj^2 (stochastic, S3) for s < j; c: the growth per unit step
+        A, c, _ = update_magnitudes(f, "l1" if rounding == "nearest" else "l2")
         growth_max[i] = a * c.max()
         if fixed is None:
             if growth_max[i] >= K:
@@ -125,7 +126,7 @@ def lam_guidance(
         elif per_weight:
             # each weight against its own step; B3: (1/2) sum_{s<j} D_s |V_sj|,
             # S3: kappa sqrt(sum_{s<j} D_s^2 V_sj^2) (README section 7)
-            dev = a * (np.abs(off).T @ D if rounding == "nearest" else np.sqrt((off**2).T @ D**2))
+            dev = a * (A.T @ D if rounding == "nearest" else np.sqrt(A.T @ D**2))
             if np.any(absW + dev > K * D):
                 continue
             d = fixed.value

@@ -239,11 +239,24 @@ def optq_structural_bound(
     return StructuralBound(bound, rbar, sv, perm, lam)
 
 
-def weight_bound_from_growth(Wp: np.ndarray, growth: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``max_j (|w_j| + scale * growth_j)`` per neuron (Wp (N, n) processing order), over
-    blocks of 256 rows (no (N, n) temporary)."""
-    return np.max([np.max(np.abs(Wp[i:i + 256]) + growth[i:i + 256, None] * scale[None, :],
-                          axis=0) for i in range(0, Wp.shape[0], 256)], axis=0)
+def max_reach(Wp: np.ndarray, deviation: np.ndarray,
+              D: np.ndarray | None = None, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron, ``max_t (|w_t| + deviation_t)`` and (with steps D, (N, n)) the largest
+    ``(|w_t| + deviation_t) / D_t`` (NaN without D), both over blocks of ``rows`` rows on one
+    reused (rows, n) buffer: no (N, n) temporary."""
+    N, n = Wp.shape
+    best = np.full(n, -np.inf)
+    ratio = np.full(n, -np.inf if D is not None else np.nan)
+    buf = np.empty((min(rows, N), n))
+    for i in range(0, N, rows):
+        b = buf[:min(rows, N - i)]
+        np.abs(Wp[i:i + rows], out=b)
+        b += deviation[i:i + rows]  # |z_t| <= |w_t| + deviation_t: the value rounded at step t
+        np.maximum(best, b.max(axis=0), out=best)
+        if D is not None:
+            b /= D[i:i + rows]
+            np.maximum(ratio, b.max(axis=0), out=ratio)
+    return best, ratio
 
 
 def levels_for(bound: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -251,22 +264,49 @@ def levels_for(bound: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.maximum(np.ceil(bound / s), 1).astype(np.int64)
 
 
+def update_magnitudes(f: Factors, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A, growth, update_norm)`` from ``V`` (:func:`theory._factor.update_coefficients`).
+
+    ``A`` (N, N) holds, for s < j, ``|V_sj|`` (kind "l1", B3) or ``V_sj^2`` (kind "l2", S3) and
+    0 elsewhere; ``growth_j = sum_{s<j} A_sj`` (B3's c_j) or its square root (S3's);
+    ``update_norm_s = (sum_{j>s} V_sj^2)^(1/2)`` (row s off the diagonal: ``||Xa_{>s}^+ Xa_s||``).
+    Everything is done on V's own buffer (the one (N, N) array of B3/S3): a fresh (N, N)
+    temporary costs its page faults, as much as the triangular inverse's excess at N = 4096.
+    """
+    A = update_coefficients(f)
+    np.fill_diagonal(A, 0.0)  # V is upper triangular: what is left are the entries s < j
+    if kind == "l1":
+        update_norm = np.sqrt(np.einsum("sj,sj->s", A, A))
+        np.abs(A, out=A)
+        growth = A.sum(axis=0)
+    else:
+        np.square(A, out=A)
+        update_norm = np.sqrt(A.sum(axis=1))
+        growth = np.sqrt(A.sum(axis=0))
+    return A, growth, update_norm
+
+
+def outer_on(buf: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``u v^T`` (len(u), len(v)), written on the memory of the scratch array ``buf`` when it
+    is contiguous and the product takes at least half of it (so a large ``buf`` is not kept
+    alive for a small result), on a new array otherwise. ``buf``'s contents are lost."""
+    size = u.size * v.size
+    if buf.flags.c_contiguous and buf.size // 2 <= size <= buf.size:
+        out = buf.reshape(-1)[:size].reshape(u.size, v.size)
+    else:
+        out = np.empty((u.size, v.size))
+    return np.multiply(u[:, None], v[None, :], out=out)
+
+
 def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: str):
     """Shared body of B3 (kind="l1") and S3 (kind="l2"): validated inputs and the
-    step-free quantities (``off`` = V without its unit diagonal, strictly upper)."""
+    step-free quantities (``A``, growth, update norms: :func:`update_magnitudes`)."""
     X = as_matrix("X", X)
     W = as_matrix("W", W)
     _, N, n = options.check_layer_shapes(X, W)
     st = check_steps(step, N, n)
     f = get_factors(X, factors, lam, percdamp, order, order_seed)
-    off = update_coefficients(f)
-    np.fill_diagonal(off, 0.0)  # V is upper triangular: what is left are the entries s < j
-    # no (N, N) temporary: sums of squares by einsum, absolute sums over blocks of rows
-    if kind == "l1":
-        growth = sum(np.abs(off[i:i + 256]).sum(axis=0) for i in range(0, N, 256))  # c_j
-    else:
-        growth = np.sqrt(np.einsum("sj,sj->j", off, off))  # sqrt(sum_{s<j} V_sj^2)
-    update_norm = np.sqrt(np.einsum("sj,sj->s", off, off))
+    A, growth, update_norm = update_magnitudes(f, kind)
     with np.errstate(divide="ignore"):
         cap = np.sqrt(f.col_sq_norms) / (2.0 * np.sqrt(f.lam)) if f.lam > 0 else np.full(N, np.inf)
     # OPTQ zeroes dead features first; the natural order with no dead feature needs no copy
@@ -274,12 +314,13 @@ def weight_growth(X, W, step, factors, lam, percdamp, order, order_seed, kind: s
         Wp = W
     else:
         Wp = np.where(f.live[:, None], W[f.order], 0.0)
-    return f, Wp, st, off, growth, update_norm, cap
+    return f, Wp, st, A, growth, update_norm, cap
 
 
-def weight_result(f: Factors, Wp, st: Steps, off, growth, un, cap, kind: str,
+def weight_result(f: Factors, Wp, st: Steps, A, growth, un, cap, kind: str,
                   factor: float) -> WeightBound:
-    """B3 (kind="l1", factor 1/2) or S3 (kind="l2", factor kappa) from `weight_growth`.
+    """B3 (kind="l1", factor 1/2) or S3 (kind="l2", factor kappa) from `weight_growth`
+    (``A``'s buffer is reused for the deviation: it is not valid afterwards).
 
     Scalar or (n,) step: ``deviation_j = factor delta c_j`` and ``levels = ceil(bound/delta)``
     (the forms of sections 3-4). (N, n) step, D = step[order] (README section 7):
@@ -290,19 +331,20 @@ def weight_result(f: Factors, Wp, st: Steps, off, growth, un, cap, kind: str,
     n = Wp.shape[1]
     if not st.per_weight:
         s = per_neuron(st, n)
-        scale = factor * s
-        bound = weight_bound_from_growth(Wp, growth, scale)
-        deviation = growth[:, None] * scale[None, :]
+        deviation = outer_on(A, growth, factor * s)
+        bound, _ = max_reach(Wp, deviation)
         levels = levels_for(bound, s)
     else:
         D = in_processing_order(st, f.order)
         if kind == "l1":
-            deviation = factor * (np.abs(off).T @ D)
+            deviation = A.T @ D
+            deviation *= factor
         else:
-            deviation = factor * np.sqrt((off**2).T @ D**2)
-        reach = np.abs(Wp) + deviation  # bounds |z_t|, the value rounded at step t
-        bound = np.max(reach, axis=0)
-        levels = np.maximum(np.ceil(np.max(reach / D, axis=0)), 1).astype(np.int64)
+            deviation = A.T @ D**2
+            np.sqrt(deviation, out=deviation)
+            deviation *= factor
+        bound, ratio = max_reach(Wp, deviation, D)
+        levels = np.maximum(np.ceil(ratio), 1).astype(np.int64)
     return WeightBound(bound, levels, growth, un, cap, f.order, f.lam, deviation)
 
 

@@ -81,3 +81,47 @@ def test_qronos_identity_I5(case, noise):
         meas = theory.output_errors(X, W, np.asarray(res.Q), X_hat=Xh, lam=res.lam).augmented
         ident = ls.E_ls**2 + np.sum(e**2 * ls.factors.r[:, None] ** 2, axis=0)
         np.testing.assert_allclose(ident, meas**2, rtol=1e-8, atol=1e-20)
+
+
+@given(case=layers(), wide=st.booleans())
+def test_weight_bounds_match_least_squares_update_coefficients(case, wide):
+    """B3/S3 from their definitions: ``V_{s,>s} = -Xa_{>s}^+ Xa_s`` by least squares, then
+    ``c_j`` (sum of |V_sj| or root of the sum of squares over s < j), the row norms, the
+    deviations of a scalar/(n,) and an (N, n) step, the bound and the level count.
+
+    ``wide`` uses n = 2N neurons (the deviation then takes a new array instead of V's buffer)."""
+    X, W, step, opts = case["X"], case["W"], case["step"], case["opts"]
+    if wide:
+        W = case["rng"].standard_normal((X.shape[1], 2 * X.shape[1]))
+        step = np.max(np.abs(W), axis=0) / 7
+    N, n = W.shape
+    f = theory.factorise(X, **opts)
+    Xa = augmented(X, f.lam, f.order)
+    V = np.zeros((N, N))
+    for s in range(N - 1):
+        coef, *_ = np.linalg.lstsq(Xa[:, s + 1:], Xa[:, s], rcond=None)
+        V[s, s + 1:] = -coef
+    tol = dict(rtol=1e-8, atol=1e-8 * max(1.0, np.abs(V).max()))
+    Wp = np.where(f.live[:, None], W[f.order], 0.0)
+    D = np.broadcast_to(np.asarray(step, np.float64), (n,))
+    per_weight = case["rng"].uniform(0.5, 2.0, (N, n)) * D  # rows in the original order
+    Dp = per_weight[f.order]
+    kappa = theory.stochastic.hoeffding_factor(N * N, 0.1)
+    for fn, growth, dev_w, a in (
+        (theory.optq_weight_bound, np.abs(V).sum(0), np.abs(V).T @ Dp, 0.5),
+        (lambda *args, **k: theory.stochastic_weight_bound(*args, p=0.1, **k),
+         np.sqrt((V**2).sum(0)), np.sqrt((V**2).T @ Dp**2), kappa),
+    ):
+        wb = fn(X, W, step, factors=f, **opts)
+        np.testing.assert_allclose(wb.growth, growth, **tol)
+        np.testing.assert_allclose(wb.update_norm, np.sqrt((V**2).sum(1)), **tol)
+        dev = a * growth[:, None] * D[None, :]
+        np.testing.assert_allclose(wb.deviation, dev, **tol)
+        np.testing.assert_allclose(wb.bound, np.max(np.abs(Wp) + dev, axis=0), **tol)
+        g = fn(X, W, per_weight, factors=f, **opts)
+        np.testing.assert_allclose(g.deviation, a * dev_w, **tol)
+        reach = np.abs(Wp) + a * dev_w
+        np.testing.assert_allclose(g.bound, reach.max(0), **tol)
+        ratio = (reach / Dp).max(0)
+        exact = np.abs(ratio - np.round(ratio)) > 1e-6  # away from a level boundary
+        assert np.array_equal(g.levels[exact], np.maximum(np.ceil(ratio), 1)[exact])
