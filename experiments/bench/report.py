@@ -53,6 +53,11 @@ THEORY = [
     ("limit64_s", "float64 limit [s]"), ("over_limit64", "ratio to limit"),
     ("vs_quantization", "/ quantization"), ("note", "note"),
 ]
+ORDERS = [
+    ("N", "N"), ("optq_s", "natural [s]"), ("optq_decreasing_norm_s", "decreasing_norm [s]"),
+    ("optq_decreasing_norm_over_natural", "decreasing / natural"),
+    ("optq_random_s", "random [s]"), ("optq_random_over_natural", "random / natural"),
+]
 COMPILE = [
     ("N", "N"), ("optq_first_s", "optq first call [s]"),
     ("optq_compile_s", "optq first - steady [s]"), ("compile_ratio_vs_first", "vs smallest N"),
@@ -125,6 +130,11 @@ def markdown(res: dict, command: str, note: str) -> str:
         "measured Cholesky + (3 m N^2 + 5 n N^2) / rate. Brevitas forms H and G "
         "(two general products) in its forward hooks, then inverts Hh, re-fits the later "
         "weights after step 1 and runs GPTQ's loop over columns in `single_layer_update`.\n",
+        "## Processing order\n",
+        md_table(rows, ORDERS),
+        "\nptq.optq from X in GPTQ's act_order (decreasing column norm) and a random order: "
+        "H, W and the grid are gathered into that order before the factorisation and the "
+        "results scattered back; the natural order gathers nothing.\n",
         "## Compile time\n",
         md_table(rows, COMPILE),
         "\n\"first - steady\" = first call at a new shape minus the steady median. The pieces "

@@ -21,7 +21,8 @@ from experiments.bench.__main__ import main
 
 SIZES = (64, 128)
 TIMES = ["optq_s", "optq_from_h_s", "kernel_s", "gram_s", "chol_s", "qronos_s", "limit_s",
-         "optq_first_s", "compile_pieces_s", "rate_gflops"]
+         "optq_first_s", "compile_pieces_s", "rate_gflops", "optq_decreasing_norm_s",
+         "optq_random_s"]
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +60,15 @@ def test_main_table_well_formed(cli_run):
     assert (df["limit_s"] > df["chol_s"]).all()
     assert (df["limit_flops"] == df["n"] * df["N"] ** 2 + df["m"] * df["N"] ** 2).all()
     assert (df["optq_over_limit"] == df["optq_s"] / df["limit_s"]).all()
+    for order in core.OTHER_ORDERS:
+        assert (df[f"optq_{order}_over_natural"] == df[f"optq_{order}_s"] / df["optq_s"]).all()
     # No peers were asked for: no peer columns.
     assert not any(c.startswith(("torch", "qwix", "brevitas")) for c in df.columns)
 
 
 def test_markdown_and_sweep(cli_run):
     text = (cli_run / "b.md").read_text()
-    for heading in ("## Time", "## Compile time", "## Peak memory", "## Matrix-product rate",
+    for heading in ("## Time", "## Processing order", "## Compile time", "## Peak memory", "## Matrix-product rate",
                     "## Block size sweep", "## Theory bounds", "Environment: backend"):
         assert heading in text, heading
     sweep = pd.read_csv(cli_run / "b_sweep.csv")
