@@ -75,9 +75,11 @@ def qronos(
     perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
     layer.check_rank(sq, lam=lam, m=m, name="X_hat")
     grid = layer.realise_static(grid, per_channel_on=W, static_on=W)
-    R, W_ls, z1 = _least_squares(
-        layer.gram_sym(X_hat), layer.gram(X_hat, X), W, lam, layer.gather_index(perm)
-    )
+    XhXh, XhX, W_p = layer.gram_sym(X_hat), layer.gram(X_hat, X), W
+    p = layer.gather_index(perm)
+    if p is not None:  # into processing order, each gather its own program (layer.gather_sym)
+        XhXh, XhX, W_p = layer.gather_sym(XhXh, p), layer.gather_sym(XhX, p), layer.take_rows(W, p)
+    R, W_ls, z1 = _least_squares(XhXh, XhX, W_p, lam)
     return run_ordered(
         R, W_ls, grid, perm, lam, m, "X_hat", rounding, key, block_size,
         z_first=z1 if variant == "paper" else None,
@@ -85,13 +87,12 @@ def qronos(
 
 
 @jax.jit
-def _least_squares(XhXh, XhX, W, lam, p):
-    """In processing order ``p`` (None: natural): the factor ``R`` of ``Hh``,
-    ``wt = Hh^{-1} G w`` and ``z_1``."""
+def _least_squares(XhXh, XhX, W, lam):
+    """From ``X_hat^T X_hat``, ``X_hat^T X`` and ``W`` in processing order: the factor ``R`` of
+    ``Hh``, ``wt = Hh^{-1} G w`` and ``z_1``."""
     N = XhXh.shape[0]
-    Hh = layer.regularise(layer.take_sym(XhXh, p), lam)
-    G = layer.take_sym(XhX, p) + lam * jnp.eye(N, dtype=Hh.dtype)
-    W = layer.take_rows(W, p)
+    Hh = layer.regularise(XhXh, lam)
+    G = XhX + lam * jnp.eye(N, dtype=Hh.dtype)
     GW = jnp.dot(G, W, precision=HIGHEST)
     # Hh^{-1} = R^{-T} R^{-1}: two triangular solves with the factor the kernel uses.
     R = factor(Hh)

@@ -127,7 +127,7 @@ def optq_waterfill(
 
     def run(c):
         res = run_ordered(R, W_ordered, waterfill_grid(r, perm, c, n), perm, lam_, m, "X",
-                          "nearest", None, block_size)
+                          "nearest", None, block_size, W_original=W)
         return res, code_entropy(np.asarray(res.codes), per=per)
 
     w = np.asarray(W, dtype=np.float64)

@@ -36,7 +36,7 @@ import numpy as np
 
 import ptq
 from ptq import layer
-from ptq._optq import _ordered_factor, run_ordered
+from ptq._optq import _natural_factor, _ordered_factor, run_ordered
 from ptq._qronos import _least_squares
 from ptq.kernel import quantize_ordered
 from experiments.bench import flops, peers, timing
@@ -137,7 +137,7 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     row["qronos_cross_gram_s"] = _timer(opt)(lambda: layer.gram(Xhd, Xd)).median
     XhXh, XhX = layer.gram_sym(Xhd), layer.gram(Xhd, Xd)
     lam_h = 0.01 * float(jnp.mean(jnp.diagonal(XhXh)))
-    row["qronos_lsq_s"] = _timer(opt)(lambda: _least_squares(XhXh, XhX, Wd, lam_h, p)).median
+    row["qronos_lsq_s"] = _timer(opt)(lambda: _least_squares(XhXh, XhX, Wd, lam_h)).median
 
     mib = 2.0**20
     row["optq_peak_mb"] = timing.peak_memory(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q) / mib
@@ -153,10 +153,10 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     jax.clear_caches()
     pieces = {
         "gram_sym": lambda: layer._gram_sym_xla.lower(Xd),
-        "factor": lambda: _ordered_factor.lower(XtX, lam, p),
+        "factor": lambda: _natural_factor.lower(XtX, lam),
         "kernel": lambda: _kernel_lowering(R, Wd, grid, B),
         "cross_gram": lambda: layer._gram_xla.lower(Xhd, Xd),
-        "least_squares": lambda: _least_squares.lower(XhXh, XhX, Wd, lam_h, p),
+        "least_squares": lambda: _least_squares.lower(XhXh, XhX, Wd, lam_h),
     }
     if layer._on_host(Xd, Xhd):
         row["compile_gram_sym_s"] = row["compile_cross_gram_s"] = math.nan
