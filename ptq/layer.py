@@ -137,8 +137,24 @@ def _on_host(*arrays) -> bool:
 def gram(A: jax.Array, B: jax.Array) -> jax.Array:
     """``A^T B`` at full float precision (on the CPU by NumPy's BLAS, see above)."""
     if _on_host(A, B):
-        return jnp.asarray(np.asarray(A).T @ np.asarray(B))
+        return _host_matmul(np.asarray(A).T, np.asarray(B))
     return _gram_xla(A, B)
+
+
+def _host_matmul(A: np.ndarray, B: np.ndarray) -> jax.Array:
+    """``A @ B`` by NumPy (``A.T @ A`` on the same buffer is one syrk) into a 64-byte aligned
+    buffer that JAX adopts through DLPack without a copy. ``jnp.asarray`` of NumPy's own
+    result copies it: 64 MiB of fresh pages at N = 4096, ~16k page faults per product."""
+    dtype = np.result_type(A, B)
+    size = A.shape[0] * B.shape[1] * dtype.itemsize
+    raw = np.empty(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    out = raw[start:start + size].view(dtype).reshape(A.shape[0], B.shape[1])
+    np.matmul(A, B, out=out)
+    return jax.dlpack.from_dlpack(out)
+
+
+_ALIGN = 64  # bytes: the alignment XLA:CPU needs to use a host buffer in place
 
 
 @jax.jit
@@ -157,7 +173,7 @@ def gram_sym(X: jax.Array) -> jax.Array:
     """
     if _on_host(X):
         Xh = np.asarray(X)
-        return jnp.asarray(Xh.T @ Xh)
+        return _host_matmul(Xh.T, Xh)
     return _gram_sym_xla(X)
 
 
