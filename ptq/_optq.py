@@ -190,4 +190,3 @@ def _map_back(k, step, zero, inv):
     donated: Q takes its buffer when they have the same shape (no fresh 64 MiB at 4096)."""
     k = layer.take_rows(k, inv)
     return step * k, (k + zero).astype(jnp.int32)
-
