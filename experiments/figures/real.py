@@ -111,7 +111,9 @@ def build_gain(layers: pd.DataFrame, out_dir: str, figure: str = "real_gain",
         ax.set_title(f"{style.LABELS[q]} vs OPTQ")
         ax.set_ylabel("rel. error OPTQ / Qronos")
         _block_lines(ax, int(t["index"].max()) + 1, per_block)
-    axes[0].legend(loc="best", ncol=2)
+    shown = [ax for ax in axes if ax.get_visible()]
+    if shown:  # a run without the first Qronos variant hides the first panel
+        shown[0].legend(loc="best", ncol=2)
     style.save(fig, figure, t, out_dir)
     return t
 
