@@ -25,7 +25,7 @@ import numpy as np
 from ptq import options
 from theory._factor import as_matrix, factorise, resolve
 from theory._steps import check_steps, in_processing_order, per_neuron
-from theory.optq_bounds import update_magnitudes
+from theory.optq_bounds import per_weight_deviation, update_magnitudes
 from theory.stochastic import check_p, hoeffding_factor
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def lam_guidance(
     for i, lam in enumerate(lams):
         f = factorise(X, lam=float(lam), order=perm)
         # A: |V_sj| (nearest, B3) or V_sj^2 (stochastic, S3) for s < j; c: the growth per unit step
-        A, c, _ = update_magnitudes(f, "l1" if rounding == "nearest" else "l2")
+        kind = "l1" if rounding == "nearest" else "l2"
+        A, c, _ = update_magnitudes(f, kind)
         growth_max[i] = a * c.max()
         if fixed is None:
             if growth_max[i] >= K:
@@ -124,9 +125,8 @@ def lam_guidance(
                 d = np.full(n, d.max())
             bound = 0.5 * d * np.sqrt(np.sum(f.r[live] ** 2))
         elif per_weight:
-            # each weight against its own step; B3: (1/2) sum_{s<j} D_s |V_sj|,
-            # S3: kappa sqrt(sum_{s<j} D_s^2 V_sj^2) (README section 7)
-            dev = a * (A.T @ D if rounding == "nearest" else np.sqrt(A.T @ D**2))
+            # each weight against its own step (README section 7)
+            dev = per_weight_deviation(A, D, kind, a)
             if np.any(absW + dev > K * D):
                 continue
             d = fixed.value

@@ -286,6 +286,15 @@ def update_magnitudes(f: Factors, kind: str) -> tuple[np.ndarray, np.ndarray, np
     return A, growth, update_norm
 
 
+def per_weight_deviation(A: np.ndarray, D: np.ndarray, kind: str, factor: float) -> np.ndarray:
+    """The (N, n) deviations of a step per weight ``D`` (processing order) from
+    :func:`update_magnitudes`' ``A``: B3 (kind "l1") ``factor sum_{s<j} D_s |V_sj|``, S3
+    (kind "l2") ``factor sqrt(sum_{s<j} D_s^2 V_sj^2)`` (README section 7)."""
+    deviation = A.T @ D if kind == "l1" else np.sqrt(A.T @ D**2)
+    deviation *= factor
+    return deviation
+
+
 def outer_on(buf: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``u v^T`` (len(u), len(v)), written on the memory of the scratch array ``buf`` when it
     is contiguous and the product takes at least half of it (so a large ``buf`` is not kept
@@ -336,13 +345,7 @@ def weight_result(f: Factors, Wp, st: Steps, A, growth, un, cap, kind: str,
         levels = levels_for(bound, s)
     else:
         D = in_processing_order(st, f.order)
-        if kind == "l1":
-            deviation = A.T @ D
-            deviation *= factor
-        else:
-            deviation = A.T @ D**2
-            np.sqrt(deviation, out=deviation)
-            deviation *= factor
+        deviation = per_weight_deviation(A, D, kind, factor)
         bound, ratio = max_reach(Wp, deviation, D)
         levels = np.maximum(np.ceil(ratio), 1).astype(np.int64)
     return WeightBound(bound, levels, growth, un, cap, f.order, f.lam, deviation)

@@ -68,8 +68,9 @@ def test_main_table_well_formed(cli_run):
 
 def test_markdown_and_sweep(cli_run):
     text = (cli_run / "b.md").read_text()
-    for heading in ("## Time", "## Processing order", "## Compile time", "## Peak memory", "## Matrix-product rate",
-                    "## Block size sweep", "## Theory bounds", "Environment: backend"):
+    for heading in ("## Time", "## Processing order", "## Compile time", "## Peak memory",
+                    "## Matrix-product rate", "## Block size sweep", "## Theory bounds",
+                    "Environment: backend"):
         assert heading in text, heading
     sweep = pd.read_csv(cli_run / "b_sweep.csv")
     assert sorted(sweep["block_size"]) == [32, 128]
