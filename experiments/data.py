@@ -142,10 +142,12 @@ def from_files(path: str, *, w_path: str | None = None, seed: int = 0, n: int = 
     return Layer(X, X_hat, W, os.path.abspath(path))
 
 
-def load(data: Any) -> Layer:
+def load(data: Any, sources: dict[str, Callable[[Any], tuple]] | None = None) -> Layer:
     """The layer a `schema.DataConfig` (or a plain mapping with its fields) describes.
 
-    The ``real`` family is delegated to ``experiments.real.calib.load(data)``.
+    ``sources``: the families that need a model, ``family -> loader(data)`` returning
+    ``(X, X_hat, W, source)`` (the Hydra app passes ``{"real": minilm.layer_source}``);
+    this module knows only the synthetic families and files.
     """
     get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
     family = get("family")
@@ -154,10 +156,11 @@ def load(data: Any) -> Layer:
     if family == "npz":
         return from_files(get("path"), w_path=get("w_path"), seed=get("seed"), n=get("n"),
                           mismatch=get("mismatch"), mismatch_kind=mismatch_kind)
-    if family == "real":
-        from experiments.real import calib  # the real-model data; it never imports this module
-
-        return Layer(*calib.load(data))
+    if family in (sources or {}):
+        return Layer(*sources[family](data))
+    if family not in FAMILIES:
+        raise ValueError(f"`data.family` must be one of {sorted({'npz', *FAMILIES, *(sources or {})})}"
+                         f"; got {family!r}")
     params = {k: get(k) for k in ("rank", "noise", "tail", "rho")}
     layer = synthetic(family, m=get("m"), N=get("N"), n=get("n"), seed=get("seed"),
                       mismatch=get("mismatch"), mismatch_kind=mismatch_kind, **params)

@@ -12,11 +12,15 @@ skips them. Files are written to a temporary name in the same folder and renamed
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
 import logging
 import os
+import platform
+import subprocess
+import sys
 import tempfile
 from typing import Any, Iterable
 
@@ -27,6 +31,27 @@ log = logging.getLogger(__name__)
 
 # Config keys that do not change what a run computes.
 UNHASHED = ("out_dir", "size", "sizes", "hydra")
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str | None]:
+    """Versions of everything that can change a number, and the git commit if in a clone."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("provable-ptq", "numpy", "scipy", "jax", "jaxlib", "hydra-core", "omegaconf"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out["git_commit"] = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
 
 
 def run_id(config: dict[str, Any]) -> str:
@@ -150,6 +175,13 @@ def current(recs: list[dict], ids: set[str] | None, folder: str = "") -> list[di
         log.info("%s: %d records of other configurations left out", folder or "records",
                  len(recs) - len(kept))
     return kept
+
+
+def load_records(folder: str, ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every record of a folder (ok and error); with ``ids``, only the records of those
+    configurations (`current`)."""
+    recs = [read(f) for f in record_files([folder])]
+    return current([r for r in recs if r is not None], ids, folder)
 
 
 def load(folders: str | Iterable[str]) -> pd.DataFrame:

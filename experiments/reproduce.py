@@ -11,22 +11,22 @@ Then each figure's builder reads those records into ``figures/``, and the summar
 (also ``figures/summary.csv``) lists per figure: runs, error records, violations of the
 deterministic bounds (must be 0), the violation rate of the probability-(1-p) bounds (should
 be at most p), the S1 check on means over seeds, and the median tightness measured/bound.
-The last row, ``real``, is the real-model study (`experiments.real.study`: whole-encoder
+The last row, ``real``, is the real-model study (`experiments.studies.minilm`: whole-encoder
 sequential runs of all-MiniLM-L6-v2, records in ``runs/<size>/real/``) and its three figures
 ``real_cosine``, ``real_gain`` and ``real_bounds``; the row ``lm`` is the causal LM study
-(`experiments.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and its
+(`experiments.studies.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and its
 figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass);
-``lm_calibration`` (`experiments.lm_calibration`: OPTQ and Qronos against calibration size and
+``lm_calibration`` (`experiments.studies.lm_calibration`: OPTQ and Qronos against calibration size and
 damping) has smoke and full sizes only and is left out of the default reproduce; the row
 ``qat`` is PTQ against QAT on MiniLM with the output scales gamma and least squares
-(`experiments.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and its
+(`experiments.studies.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and its
 figure ``qat`` (``--size full`` has the longer QAT schedule); ``rate_distortion`` measures
 every quantizer on every MiniLM layer against the layer's rate-distortion references
-(`experiments.rate_distortion`, records in ``runs/<size>/rate_distortion/``, figure
+(`experiments.studies.rate_distortion`, records in ``runs/<size>/rate_distortion/``, figure
 ``rate_distortion``; its violations count the waterfilling bound B1' exceeded and the rows
 below the Shannon lower bound by more than the entropy-power estimate's stated error);
 ``allocation`` gives MiniLM's layers mixed bits under an average-bits budget by seed 002's
-formula, by the theory and uniformly, and scores each end to end (`experiments.allocation`,
+formula, by the theory and uniformly, and scores each end to end (`experiments.studies.allocation`,
 records in ``runs/<size>/allocation/``, figure ``allocation``; its violations count runs over
 their budget and checkpoints whose per-layer bits or weights do not survive the round trip).
 ``rate_distortion`` and ``allocation`` run at default size only when named (``--only``):
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib
 import logging
 import os
 import sys
@@ -50,27 +49,38 @@ import numpy as np
 import pandas as pd
 
 from experiments import console_logging, records, sweep
-from experiments.figures import FIGURES
+from experiments.figures import (
+    bits,
+    common,
+    lam_guidance,
+    lam_sweep,
+    mismatch,
+    order,
+    stochastic,
+    tightness,
+)
+from experiments.studies import allocation, lm, lm_calibration, minilm, qat, rate_distortion
 
 log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
-# The whole-model studies' rows (not Hydra presets): row name -> the module holding STUDY.
-STUDIES = {"real": "experiments.real.study", "lm": "experiments.lm",
-           "lm_calibration": "experiments.lm_calibration", "qat": "experiments.qat",
-           "rate_distortion": "experiments.rate_distortion",
-           "allocation": "experiments.allocation"}
+# The synthetic figures: preset (conf/experiment/<name>.yaml) -> its builder.
+FIGURES = {"lam_sweep": lam_sweep.build, "order": order.build, "bits": bits.build,
+           "stochastic": stochastic.build, "lam_guidance": lam_guidance.build,
+           "mismatch": mismatch.build, "tightness": tightness.build}
+# The whole-model studies (not Hydra presets), in the order they run: row name -> study.
+STUDIES = {s.key: s for s in (minilm.STUDY, lm.STUDY, lm_calibration.STUDY, qat.STUDY,
+                              rate_distortion.STUDY, allocation.STUDY)}
 
 
 def study_sizes(name: str) -> set[str]:
     """The sizes a whole-model study defines (``lm_calibration`` has no default size)."""
-    return set(importlib.import_module(STUDIES[name]).STUDY.sizes)
+    return set(STUDIES[name].sizes)
 
 
 def in_default(name: str) -> bool:
-    """Whether the plain default reproduce runs study ``name`` (its STUDY's
-    ``in_default_reproduce``, True unless the study says otherwise)."""
-    study = importlib.import_module(STUDIES[name]).STUDY
-    return bool(getattr(study, "in_default_reproduce", True))
+    """Whether the plain default reproduce runs study ``name`` (its ``in_default_reproduce``,
+    True unless the study says otherwise)."""
+    return bool(getattr(STUDIES[name], "in_default_reproduce", True))
 
 
 def enable_compile_cache() -> None:
@@ -132,9 +142,8 @@ def summarize(folder: str) -> dict:
 
 def study_row(name: str, size: str, folder: str, out_dir: str | None) -> dict:
     """Run a whole-model study, build its figures, and summarize it as one table row."""
-    study = importlib.import_module(STUDIES[name]).STUDY
     t0 = time.perf_counter()
-    ran, summary = study.run_and_build(size, folder, out_dir)
+    ran, summary = STUDIES[name].run_and_build(size, folder, out_dir)
     return {"figure": name, **summary, "S1_violations": "-", "ran_now": ran,
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -151,10 +160,7 @@ def write_summary(table: pd.DataFrame, path: str) -> None:
 
 
 def build_figure(name: str, folder: str, out_dir: str) -> None:
-    from experiments.figures import common
-
-    module = importlib.import_module(f"experiments.figures.{name}")
-    module.build(common.load_ok(folder), out_dir)
+    FIGURES[name](common.load_ok(folder), out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

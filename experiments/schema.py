@@ -26,7 +26,7 @@ class Family(str, Enum):
     heavy_tailed = "heavy_tailed"
     correlated = "correlated"
     npz = "npz"
-    real = "real"  # provided by experiments.real (its own config)
+    real = "real"  # one MiniLM layer (experiments.studies.minilm.layer_source)
 
 
 class Mismatch(str, Enum):
@@ -93,8 +93,8 @@ class DataConfig:
     mismatch_kind: Mismatch = Mismatch.noise
     path: Optional[str] = None  # npz: .npz with X [, X_hat, W] or .npy with X
     w_path: Optional[str] = None  # npz: optional .npy/.npz holding W (N, n)
-    model: Optional[str] = None  # real: filled by experiments.real
-    layer: Optional[str] = None  # real: filled by experiments.real
+    model: Optional[str] = None  # real: read by experiments.studies.minilm.layer_source
+    layer: Optional[str] = None  # real: read by experiments.studies.minilm.layer_source
     extra: Dict[str, Any] = field(default_factory=dict)  # real: loader-specific options
 
     def __post_init__(self):

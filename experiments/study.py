@@ -1,7 +1,7 @@
 """Whole-model studies: one record per (pass, configuration, bits), for any model adapter.
 
 A study is a model (`experiments.models`), the function that runs one configuration of it
-through the sequential driver (`experiments.quantize_model`) and scores the result on held-out
+through the sequential driver (`experiments.driver`) and scores the result on held-out
 text, and its figures. Two passes, each one whole-model run per configuration and bit-width:
 
 * ``practical``: GPTQ's asymmetric min-max grid per neuron, what practitioners deploy. The
@@ -10,33 +10,34 @@ text, and its figures. Two passes, each one whole-model run per configuration an
 * ``bounds``: the symmetric max-abs step of the same bit-width on the infinite alphabet
   ``step * Z`` (nothing clips), float64 (the exact algorithms the theorems are about), with
   every applicable bound of THEORY.md section 4 evaluated on every layer
-  (`experiments.quantize_model.theory_bounds`): violations and tightness.
+  (`experiments.driver.theory_bounds`): violations and tightness.
 
 One JSON record per run, written atomically; a recorded run is skipped, so an interrupted
 study resumes, and a failed run is written as an ``error`` record with its traceback and the
 study goes on. Records keep per-layer summaries only (a few KB per layer).
 
-The studies: `experiments.real.study` (MiniLM, folder ``real``), `experiments.lm.study`
+The studies: `experiments.studies.minilm` (MiniLM, folder ``real``), `experiments.studies.lm.study`
 (SmolLM2, folder ``lm``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib
 import logging
 import os
 import time
-import traceback
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from experiments import console_logging, records
-from experiments.quantize_model import P_DEFAULT
+from experiments.driver import P_DEFAULT, theory_bounds
+from experiments.measure import record_run
 
 log = logging.getLogger(__name__)
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf",
+                        "study")
 
 # name -> driver options (the figures' legend names; colours in figures.style).
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -76,6 +77,29 @@ class Outcome(NamedTuple):
     seconds: float  # wall time of the layer-by-layer quantization
 
 
+def load_sizes(key: str, size_type: type, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The sizes of study ``key``: ``conf/study/<key>.yaml``'s ``sizes`` mapping, each a
+    ``size_type`` (a NamedTuple; YAML lists become tuples, mappings stay dicts), with
+    dotted overrides applied first (``sizes.full.bits=[3,4]``, OmegaConf's dot-list syntax)."""
+    path = os.path.join(CONF_DIR, f"{key}.yaml")
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    sizes = {}
+    for name, fields in OmegaConf.to_container(cfg, resolve=True)["sizes"].items():
+        unknown = sorted(set(fields) - set(size_type._fields))
+        if unknown:
+            raise ValueError(f"{path}: size {name!r} has unknown keys {unknown}; expected some "
+                             f"of {size_type._fields}")
+        sizes[name] = size_type(**{k: _tuples(v) for k, v in fields.items()})
+    return sizes
+
+
+def _tuples(value):
+    """YAML lists as tuples (recursively), mappings as dicts."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def bound_summary(checked: dict[str, dict], measured: dict[str, np.ndarray]) -> dict[str, dict]:
     """Per bound of one layer: Frobenius norms over neurons of measurement and bound, and
     the check (violations, tightness)."""
@@ -97,8 +121,6 @@ def bound_summary(checked: dict[str, dict], measured: dict[str, np.ndarray]) -> 
 
 def bounds_hook(ctx) -> dict[str, Any]:
     """``on_layer`` of the bounds pass: every applicable bound, summarised per layer."""
-    from experiments.quantize_model import theory_bounds
-
     tb = theory_bounds(ctx)
     return {"clipped": tb["clipped"], "bounds": bound_summary(tb["bounds"], tb["measured"])}
 
@@ -118,21 +140,20 @@ def layer_row(r: dict) -> dict[str, Any]:
 
 class StudyCommand:
     """What `experiments.reproduce` and a study's command line need of a study: ``key``,
-    ``sizes``, ``figures`` (the module whose ``build_all(records, out_dir)`` draws it),
+    ``sizes``, ``figures`` (``figures(records, out_dir)`` draws its figures: a builder of
+    `experiments.figures`),
     ``label``, ``description``, ``run_study(size, folder)`` and ``summarize(folder, ids)``."""
 
     key: str
     sizes: dict
-    figures: str
+    figures: Callable[[list[dict], str], Any]
     label: str
     description: str
 
     @staticmethod
     def load(out_dir: str, ids: set[str] | None = None) -> list[dict[str, Any]]:
-        """Every record of a study folder (ok and error); with ``ids``, only the records of
-        those configurations (`records.current`)."""
-        recs = [records.read(f) for f in records.record_files([out_dir])]
-        return records.current([r for r in recs if r is not None], ids, out_dir)
+        """Every record of a study folder (`experiments.records.load_records`)."""
+        return records.load_records(out_dir, ids)
 
     def record_ids(self, size: str) -> set[str] | None:
         """The ids of the records ``size`` makes (None: every record of the folder)."""
@@ -151,7 +172,7 @@ class StudyCommand:
         ids = self.record_ids(size)  # not a changed preset's leftovers
         if out_dir is not None:
             try:
-                importlib.import_module(self.figures).build_all(self.load(folder, ids), out_dir)
+                self.figures(self.load(folder, ids), out_dir)
             except Exception:
                 log.exception("the %s figures failed", self.label)
         return ran, self.summarize(folder, ids)
@@ -177,13 +198,15 @@ class Study(StudyCommand):
       sizes: ``{"smoke" | "default" | "full": Size}``.
       execute: ``execute(cfg, options, on_layer) -> Outcome``: one whole-model run of the
         record config ``cfg`` with the driver options ``options`` (a dict for
-        `experiments.quantize_model.make_options`).
-      figures: the module whose ``build_all(records, out_dir)`` draws the study's figures.
+        `experiments.driver.make_options`).
+      figures: ``figures(records, out_dir)`` draws the study's figures (a ``build_all`` of
+        `experiments.figures`).
       label: how progress lines name the study; quality: the record key they print.
     """
 
     def __init__(self, key: str, sizes: dict[str, Size],
-                 execute: Callable[[dict, dict, Callable | None], Outcome], figures: str,
+                 execute: Callable[[dict, dict, Callable | None], Outcome],
+                 figures: Callable[[list[dict], str], Any],
                  label: str, quality: str):
         self.key, self.sizes, self.execute = key, sizes, execute
         self.figures, self.label, self.quality = figures, label, quality
@@ -196,47 +219,29 @@ class Study(StudyCommand):
                 **PASSES[pass_], **CONFIGS[name], **(variant or {})}
 
     def compute(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Run one configuration; the body of its record (raises on failure)."""
-        import jax
-
+        """Run one configuration; the body of its record (raises on failure). Runs in the x64
+        mode that `x64` gives."""
         options = {"algorithm": cfg["algorithm"], "bits": cfg["bits"],
                    **{k: cfg[k] for k in OPTION_KEYS if k in cfg}}
         hook = bounds_hook if cfg["pass"] == "bounds" else None
-        x64 = jax.config.read("jax_enable_x64")
-        jax.config.update("jax_enable_x64", cfg["precision"] == "float64")
-        try:
-            out = self.execute(cfg, options, hook)
-        finally:
-            jax.config.update("jax_enable_x64", x64)
+        out = self.execute(cfg, options, hook)
         return {**out.quality, "layers": [layer_row(r) for r in out.records],
                 "wall_s": {"quantize": out.seconds}}
+
+    def x64(self, cfg: dict[str, Any]) -> bool:
+        """Whether run ``cfg`` computes in float64 (its ``precision``)."""
+        return cfg["precision"] == "float64"
 
     def record_path(self, cfg: dict[str, Any], out_dir: str) -> str:
         return os.path.join(out_dir, f"{cfg['pass']}-{cfg['name']}-{cfg['bits']}b-"
                                      f"{records.run_id(cfg)}.json")
 
     def run_one(self, cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
-        """Skip if recorded, else compute and write the record (an error record on failure)."""
-        from experiments.run import versions
-
-        path = self.record_path(cfg, out_dir)
-        old = records.read(path)
-        if old is not None and old.get("status") == "ok":
-            return dict(old, skipped=True)
-        record: dict[str, Any] = {"id": records.run_id(cfg), "config": cfg,
-                                  "versions": versions(),
-                                  "created": datetime.datetime.now(datetime.UTC).isoformat()}
-        t0 = time.perf_counter()
-        try:
-            record.update(self.compute(cfg), status="ok")
-        except Exception as exc:  # the study goes on; the record keeps the traceback
-            log.error("%s %s %s %d bits failed: %s: %s", self.label, cfg["pass"], cfg["name"],
-                      cfg["bits"], type(exc).__name__, exc)
-            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc())
-        record.setdefault("wall_s", {})["total"] = time.perf_counter() - t0
-        records.write_atomic(path, record)
-        return record
+        """Skip if recorded, else compute and write the record (an error record on failure):
+        `experiments.measure.record_run`."""
+        return record_run(self.record_path(cfg, out_dir), cfg, lambda: self.compute(cfg),
+                          label=f"{self.label} {cfg['pass']} {cfg['name']} {cfg['bits']} bits",
+                          x64=self.x64(cfg))
 
     def configs(self, size: str) -> list[dict[str, Any]]:
         if size not in self.sizes:

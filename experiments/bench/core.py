@@ -39,7 +39,8 @@ from ptq import layer
 from ptq._optq import _natural_factor, _ordered_factor, run_ordered
 from ptq._qronos import _least_squares
 from ptq.kernel import quantize_ordered
-from experiments.bench import flops, peers, timing
+from experiments import timing
+from experiments.bench import flops, peers
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from experiments.bench import timing
+from experiments import timing
 
 # (N, n) of every distinct linear layer shape: MiniLM (q/k/v/o, intermediate, output), then
 # SmolLM2 (q/o, k/v, gate/up, down).

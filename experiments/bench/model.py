@@ -6,8 +6,8 @@
 
 (a) **Whole model.** SmolLM2-135M (`experiments.models.smollm2`), every one of its 210 linear
 layers in forward order through the project's one sequential driver
-(`experiments.quantize_model.quantize_model`), at the LM study's default calibration
-(`experiments.lm.SIZES["default"]`: 4 windows of 512 tokens, m = 2048 rows per layer), 4 bits,
+(`experiments.driver.quantize_model`), at the LM study's default calibration
+(`experiments.studies.lm.SIZES["default"]`: 4 windows of 512 tokens, m = 2048 rows per layer), 4 bits,
 GPTQ's per-neuron min-max grid, natural order, percdamp 0.01. Three methods on the same batch:
 
 * ``optq``: ``ptq.optq`` per layer (GPTQ: ``Q = OPTQ(X_hat, W)``);
@@ -61,7 +61,8 @@ import numpy as np
 import pandas as pd
 
 import ptq
-from experiments.bench import core, peers, timing
+from experiments import timing
+from experiments.bench import core, peers
 from experiments.bench.report import md_table
 
 METHODS = ("optq", "qronos", "torch")
@@ -70,7 +71,7 @@ MIB = 2.0**20
 
 
 def _lm_default(key: str) -> int:
-    from experiments import lm
+    from experiments.studies import lm
 
     return lm.SIZES["default"].data[key]
 
@@ -213,7 +214,7 @@ class _Hooks:
         self.t_hook: list[tuple[float, float]] = []  # on_layer entered, left
 
     def quantizer(self, o, X, X_hat, W, grid, key=None):
-        from experiments.quantize_model import quantize_layer
+        from experiments.driver import quantize_layer
 
         self.t_call.append(time.perf_counter())
         return (self.quantize_layer or quantize_layer)(o, X, X_hat, W, grid, key)
@@ -276,7 +277,7 @@ def quantize_timed(model, method: str, batch, opt: Options) -> tuple[dict, list,
 
 
 def _quantize_timed(model, method: str, batch, opt: Options) -> tuple[dict, list, dict]:
-    from experiments.quantize_model import make_options, quantize_model
+    from experiments.driver import make_options, quantize_model
 
     o = make_options("optq" if method == "torch" else method, opt.bits,
                      block_size=opt.block_size)
@@ -313,7 +314,8 @@ def _quantize_timed(model, method: str, batch, opt: Options) -> tuple[dict, list
 
 def run_model(opt: Options, progress=lambda msg: None) -> tuple[list[dict], list[dict]]:
     """Part (a): one summary row per method (ratios to ptq.optq added) and per-layer rows."""
-    from experiments import lm, text
+    from experiments.studies import lm
+    from experiments.models.smollm2 import text
     from experiments.models import smollm2
 
     opt = opt.resolved()
@@ -363,7 +365,7 @@ def threads_check(shapes, m: int, *, bits: int = 4, block_size: int = 128,
     `THREADS_REPEATS` calls after a warm-up: why the whole-model run sets torch's threads."""
     import torch
 
-    from experiments.quantize_model import make_options, quantize_layer
+    from experiments.driver import make_options, quantize_layer
 
     o = make_options("optq", bits, block_size=block_size)
     rng = np.random.default_rng(seed)

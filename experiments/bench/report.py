@@ -14,7 +14,7 @@ import os
 
 import pandas as pd
 
-from experiments.bench import timing
+from experiments import timing
 from experiments.bench.core import Options
 
 MAIN = [

@@ -12,7 +12,7 @@ quality, predicted and measured calibration loss, seconds, the dynamic override 
 noise levels and their ratio, the predicted error at each width, and the bits of every
 allocation at every budget).
 
-    python -m experiments.allocation --size default --out figures
+    python -m experiments.studies.allocation --size default --out figures
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 
 import pandas as pd
 
+from experiments import records
 from experiments.figures import style
 
 COLORS = {"uniform": "#7f7f7f", "seed": "#ff7f0e", "theory": "#1f77b4"}
@@ -84,13 +85,11 @@ def build_all(recs: list[dict], out_dir: str = "figures") -> pd.DataFrame:
 def main(argv=None) -> int:
     import argparse
 
-    from experiments.allocation import STUDY
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/default")
     p.add_argument("--out", default="figures")
     a = p.parse_args(argv)
-    build_all(STUDY.load(os.path.join(a.runs, "allocation")), a.out)
+    build_all(records.load_records(os.path.join(a.runs, "allocation")), a.out)
     return 0
 
 

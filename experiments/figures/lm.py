@@ -1,4 +1,4 @@
-"""Figures of the causal LM (SmolLM2-135M on Wikipedia text), from `experiments.lm`'s records.
+"""Figures of the causal LM (SmolLM2-135M on Wikipedia text), from `experiments.studies.lm`'s records.
 
 * ``lm_perplexity``: held-out perplexity against bits per algorithm (practical pass: GPTQ's
   asymmetric grid per channel), with the full-precision (dequantized Q4_1) perplexity.
@@ -63,7 +63,7 @@ def build_all(recs: list[dict], out_dir: str = "figures", prefix: str = "lm"
     """The figures whose pass has records (at least one successful run is needed), named
     ``<prefix>_perplexity`` etc. The gain against depth compares per-channel runs only."""
     if not any(r["status"] == "ok" for r in recs):
-        raise FileNotFoundError("no successful LM records: run `python -m experiments.lm`")
+        raise FileNotFoundError("no successful LM records: run `python -m experiments.studies.lm`")
     layers = real.layers_table(recs)
     out = {}
     if (layers["pass"] == "practical").any():

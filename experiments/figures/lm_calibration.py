@@ -1,5 +1,5 @@
 """The figure ``lm_calibration``: the causal LM's OPTQ and Qronos against the number of
-calibration tokens and against damping, from `experiments.lm_calibration`'s records.
+calibration tokens and against damping, from `experiments.studies.lm_calibration`'s records.
 
 Left: held-out perplexity against calibration tokens (m = calib x length) at the default
 ``percdamp = 0.01``. Right: against ``percdamp`` at the calibration size that was run with
@@ -99,7 +99,7 @@ def build(t: pd.DataFrame, out_dir: str) -> pd.DataFrame:
 def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFrame]:
     t = calibration_table(recs)
     if t.empty:
-        raise FileNotFoundError("no successful records: run `python -m experiments.lm_calibration`")
+        raise FileNotFoundError("no successful records: run `python -m experiments.studies.lm_calibration`")
     return {"lm_calibration": build(t, out_dir)}
 
 

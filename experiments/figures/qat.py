@@ -1,4 +1,4 @@
-"""The QAT-against-PTQ figure and table, from the records of `experiments.qat`.
+"""The QAT-against-PTQ figure and table, from the records of `experiments.studies.qat`.
 
 * ``figures/qat.csv``: one row per (method, bits, seed, scale): ``method``, ``bits``,
   ``gamma`` (the output scale applied: ``none``, ``gamma``, ``gamma_channel``, ``ls``,
@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from experiments import records
 from experiments.figures import style
 
 COLORS = {"rtn": "#7f7f7f", "optq": "#1f77b4", "qronos": "#d62728", "qat_rtn": "#2ca02c",
@@ -104,14 +105,12 @@ def build_all(recs: list[dict], out_dir: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from experiments.study import Study
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/default/qat")
     parser.add_argument("--out", default="figures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_all(Study.load(args.runs), args.out)
+    build_all(records.load_records(args.runs), args.out)
 
 
 if __name__ == "__main__":

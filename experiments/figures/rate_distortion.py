@@ -6,9 +6,9 @@ dotted line is 2 pi e / 12 (0.254 bit), the high-rate floor of entropy-coded sca
 quantization. Bottom row: bits above the Shannon lower bound at the fixed rate b (what the b-bit
 grid pays; waterfilling has no fixed rate and is not drawn there). Table
 (``figures/rate_distortion.csv``): one row per layer, bit-width and quantizer, every column of
-`experiments.rate_distortion.layer_rows`.
+`experiments.studies.rate_distortion.layer_rows`.
 
-    python -m experiments.rate_distortion --size default --out figures
+    python -m experiments.studies.rate_distortion --size default --out figures
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from experiments.figures import style
+from experiments.models.minilm.weights import LAYER_NAMES
 from theory.rate_distortion import HIGH_RATE_GAP_BITS as FLOOR_BITS  # 1/2 log2(2 pi e / 12)
 
 COLORS = {**style.COLORS, "optq_rotated": "#2ca02c", "waterfill": "#9467bd"}
@@ -24,8 +25,6 @@ LABELS = {**style.LABELS, "qronos": "Qronos (X_hat = X)", "optq_rotated": "OPTQ,
 
 
 def table(recs: list[dict]) -> pd.DataFrame:
-    from experiments.real.sequential import LAYER_NAMES
-
     rows = [row for r in recs if r.get("status") == "ok" for row in r["rows"]]
     t = pd.DataFrame(rows)
     if t.empty:

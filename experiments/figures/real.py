@@ -11,7 +11,7 @@
 
     python -m experiments.figures.real --runs runs/default/real --out figures
 
-The records come from `experiments.real.study`; nothing is recomputed here.
+The records come from `experiments.studies.minilm`; nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from experiments import records
 from experiments.figures import style
 
 BOUND_BITS = 4  # the bit-width of real_bounds' left panels
@@ -187,8 +188,6 @@ def figures_cli(build, key: str, argv: list[str] | None = None, *,
     """The command line of a whole-model study's figures: ``build(records, out_dir)`` on the
     records of every folder of ``--runs`` (default ``runs/default/<key>``); with ``prefix``,
     ``--prefix`` names the figures (``build(records, out_dir, prefix=...)``)."""
-    from experiments.study import Study
-
     parser = argparse.ArgumentParser(description=f"Build figures/{key}_*.* from the {key} "
                                                  "study's records.")
     parser.add_argument("--runs", nargs="+", default=[f"runs/default/{key}"],
@@ -199,7 +198,7 @@ def figures_cli(build, key: str, argv: list[str] | None = None, *,
                             help=f"figure names <prefix>_*.* (default {key})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    recs = [r for folder in args.runs for r in Study.load(folder)]
+    recs = [r for folder in args.runs for r in records.load_records(folder)]
     build(recs, args.out, **({"prefix": args.prefix} if prefix else {}))
 
 

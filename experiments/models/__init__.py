@@ -1,4 +1,4 @@
-"""Model adapters: what the one sequential driver (`experiments.quantize_model`) needs of a model.
+"""Model adapters: what the one sequential driver (`experiments.driver`) needs of a model.
 
 A model is the embedding, a stack of blocks and, inside each block, its linear layers in
 forward order. An adapter writes each block's forward pass **once**, as a Python generator that

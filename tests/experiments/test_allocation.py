@@ -1,4 +1,4 @@
-"""experiments.allocation: the exact budgeted allocation against brute force, seed 002's rule,
+"""experiments.studies.allocation: the exact budgeted allocation against brute force, seed 002's rule,
 the driver's per-layer overrides, and the smoke study (real MiniLM) through reproduce.
 
 A missing model package fails the real-model tests with its install command
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import allocation as al
-from experiments.real import weights
+from experiments.studies import allocation as al
+from experiments.models.minilm import weights
 
 B = np.asarray(al.BIT_SET)
 
@@ -86,7 +86,7 @@ def test_errors_name_the_argument(call, match):
 # ------------------------------------------------------------------- the real model
 @pytest.fixture(scope="module")
 def model():
-    from experiments import qat
+    from experiments.studies import qat
 
     try:
         return qat._model()
@@ -105,8 +105,8 @@ def _float32():
 
 
 def test_driver_overrides_give_each_layer_its_bits(model):
-    from experiments import qat
-    from experiments import quantize_model as qm
+    from experiments.studies import qat
+    from experiments import driver as qm
 
     batch = qat.calibration(256, 0)
     names = [model.layer_name(i, k) for i in range(model.n_blocks) for k in model.kinds]

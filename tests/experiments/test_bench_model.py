@@ -115,7 +115,7 @@ def test_torch_quantizer_on_one_layer(float32):
     if why := peers.torch_missing():
         pytest.skip(why)
     import ptq
-    from experiments.quantize_model import make_options, quantize_layer
+    from experiments.driver import make_options, quantize_layer
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((256, 96), dtype=np.float32)

@@ -8,7 +8,7 @@ import pytest
 
 import ptq
 import theory
-from experiments import bounds, data, run
+from experiments import bounds, data, measure
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def problem(rng):
     step = np.asarray(grid.step, np.float64)
     res = ptq.optq(X_hat, W, ptq.Grid.symmetric(step), percdamp=0.01, order="decreasing_norm")
     Q = np.asarray(res.Q, np.float64)
-    measured = run.measure(data.Layer(X, X_hat, W, "t"), Q, res, step, floors=False)
+    measured = measure.measure(data.Layer(X, X_hat, W, "t"), Q, res, step, floors=False)
     return dict(X_f=X_hat, X=X, X_hat=X_hat, W=W, step=step, lam=float(res.lam),
                 order=np.asarray(res.order), variant="paper", p=0.05, measured=measured,
                 clipped=False, precision="float64")
@@ -77,7 +77,7 @@ def test_group_wise_steps_pass_through(rng, square):
     step = table[group]
     res = ptq.optq(X_hat, W, ptq.Grid.symmetric(step), percdamp=0.01, order="decreasing_norm")
     Q = np.asarray(res.Q, np.float64)
-    measured = run.measure(data.Layer(X, X_hat, W, "t"), Q, res, step, floors=False)
+    measured = measure.measure(data.Layer(X, X_hat, W, "t"), Q, res, step, floors=False)
     kw = dict(lam=float(res.lam), order=np.asarray(res.order))
     names = ["B1", "B2", "B3", "Q2"]
     out = bounds.evaluate(names, X_f=X_hat, X=X, X_hat=X_hat, W=W, step=step, variant="paper",

@@ -1,4 +1,4 @@
-"""Packed checkpoints of the real models (`experiments.checkpoint`): write, reload, same outputs.
+"""Packed checkpoints of the real models (`experiments.studies.checkpoint`): write, reload, same outputs.
 
 Small sizes: MiniLM calibrated on 512 tokens, scored on 8 held-out sequences; SmolLM2 cut to its
 first two blocks (14 linear layers), calibrated on one 64-token window. "Identical" means bit
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import checkpoint as ck
-from experiments.quantize_model import make_options
+from experiments.studies import checkpoint as ck
+from experiments.driver import make_options
 from ptq import pack as pk
 
 pytestmark = pytest.mark.real
@@ -66,7 +66,8 @@ def assert_same_tree(a, b):
 @pytest.fixture(scope="module")
 def real_model():
     """The verified MiniLM (a missing package fails the test with its install command)."""
-    from experiments.real import activations, weights
+    from experiments.models.minilm import activations
+    from experiments.models.minilm import weights
 
     try:
         return activations.model()
@@ -95,7 +96,7 @@ def test_minilm_reload_is_bit_identical(minilm, tmp_path):
     expected = with_weights(q.model, q.params, stored)
     assert_same_tree(reloaded, expected)  # embeddings, norms, biases exact in float32
     # ... so the forward pass gives the same held-out embeddings, bit for bit
-    from experiments.real import activations
+    from experiments.models.minilm import activations
 
     seqs = activations.heldout_sequences(8)
     cfg = activations.model().config
@@ -151,7 +152,8 @@ def test_cli_writes_table(tmp_path, real_model):
 
 
 def test_smollm2_two_blocks_logits_identical(tmp_path):
-    from experiments import lm, text
+    from experiments.studies import lm
+    from experiments.models.smollm2 import text
     from experiments.models import smollm2
 
     try:
@@ -206,7 +208,7 @@ def test_minilm_group128_reload_is_bit_identical(real_model, tmp_path, extra, de
     reloaded = ck.load_model(folder, q.model)
     expected = with_weights(q.model, q.params, stored)
     assert_same_tree(reloaded, expected)
-    from experiments.real import activations
+    from experiments.models.minilm import activations
 
     seqs = activations.heldout_sequences(4)
     cfg = activations.model().config

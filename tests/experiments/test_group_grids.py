@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ptq
-from experiments import data, records, schema
+from experiments import data, measure, records, schema
 from experiments import run as run_mod
 
 N, n, GS = 32, 6, 8
@@ -20,10 +20,10 @@ SMOKE = [f"data.N={N}", "data.m=64", f"data.n={n}"]
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Record what `experiments.run.quantize` returns (Q, Result or None, realised grid) and
+    """Record what `experiments.measure.quantize_config` returns (Q, Result or None, realised grid) and
     the RTN result, which `quantize` does not hand back."""
     seen = {}
-    quantize, rtn = run_mod.quantize, ptq.rtn
+    quantize, rtn = measure.quantize_config, ptq.rtn
 
     def keep_rtn(*a, **kw):
         seen["rtn"] = rtn(*a, **kw)
@@ -33,7 +33,7 @@ def spy(monkeypatch):
         seen["out"] = quantize(*a, **kw)
         return seen["out"]
 
-    monkeypatch.setattr(run_mod, "quantize", keep)
+    monkeypatch.setattr(measure, "quantize_config", keep)
     monkeypatch.setattr(ptq, "rtn", keep_rtn)
     return seen
 
@@ -49,12 +49,12 @@ def test_group_preset_and_overrides_compose(compose_cfg):
     g = schema.validate(compose_cfg(["grid=asymmetric", "grid.group_size=32",
                                      "grid.static_groups=true"])).grid
     assert (g.group_size, g.static_groups) == (32, True)
-    recipe = run_mod.make_grid(g, np.zeros((N, n)))
+    recipe = measure.config_grid(g, np.zeros((N, n)))
     assert recipe == ptq.GroupGrid(4, "asymmetric", 32, static=True, mse=False)
     # GPTQ's -1 means per channel: the ordinary fitted grid
     g = schema.validate(compose_cfg(["grid=group128", "grid.group_size=-1"])).grid
     assert g.group_size is None
-    assert isinstance(run_mod.make_grid(g, np.ones((N, n))), ptq.Grid)
+    assert isinstance(measure.config_grid(g, np.ones((N, n))), ptq.Grid)
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -185,15 +185,15 @@ def test_clipped_takes_per_weight_steps_in_processing_order():
 
     res = Fake()
     res.e, res.order = e, order
-    assert not run_mod.clipped(res, step, "nearest", False, 1e-12)
-    assert run_mod.clipped(res, step[order], "nearest", False, 1e-12)  # the wrong rows
+    assert not measure.clipped(res, step, "nearest", False, 1e-12)
+    assert measure.clipped(res, step[order], "nearest", False, 1e-12)  # the wrong rows
     e[5, 2] = 0.51 * step[order[5], 2]
-    assert run_mod.clipped(res, step, "nearest", False, 1e-12)
-    assert not run_mod.clipped(res, step, "stochastic", False, 1e-12)  # |e| < delta
+    assert measure.clipped(res, step, "nearest", False, 1e-12)
+    assert not measure.clipped(res, step, "stochastic", False, 1e-12)  # |e| < delta
     e[0] = 0.9 * step[order[0]]  # Qronos' paper form: the first row is no rounding error
     e[5, 2] = 0.0
-    assert run_mod.clipped(res, step, "nearest", False, 1e-12)
-    assert not run_mod.clipped(res, step, "nearest", True, 1e-12)
+    assert measure.clipped(res, step, "nearest", False, 1e-12)
+    assert not measure.clipped(res, step, "nearest", True, 1e-12)
 
 
 def test_measure_with_per_weight_step():
@@ -202,7 +202,7 @@ def test_measure_with_per_weight_step():
     W = rng.standard_normal((N, n))
     step = np.exp(rng.uniform(-2, 0, (N, n)))
     Q = step * np.rint(W / step)
-    out = run_mod.measure(data.Layer(X, X, W, "t"), Q, None, step, floors=False)
+    out = measure.measure(data.Layer(X, X, W, "t"), Q, None, step, floors=False)
     assert all(np.shape(v) == (n,) for v in out.values())
     np.testing.assert_allclose(out["w_max_over_step"], np.abs(W).max(0) / step.min(0),
                                rtol=1e-15)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import lm_calibration, reproduce
+from experiments import reproduce
+from experiments.studies import lm_calibration
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 

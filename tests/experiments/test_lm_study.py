@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import lm, reproduce
+from experiments import reproduce
+from experiments.studies import lm
 from experiments.models import smollm2
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -29,8 +30,8 @@ def smoke(reproduce_lm_smoke):
 def test_records_cover_every_layer(smoke):
     status, folder, _ = smoke
     assert status == 0
-    recs = lm.load(folder)
-    assert len(recs) == len(lm.configs("smoke")) and all(r["status"] == "ok" for r in recs)
+    recs = lm.STUDY.load(folder)
+    assert len(recs) == len(lm.STUDY.configs("smoke")) and all(r["status"] == "ok" for r in recs)
     names = [smollm2.layer_name(i, k) for i in range(30) for k in smollm2.KINDS]
     for r in recs:
         assert [lyr["name"] for lyr in r["layers"]] == names
@@ -38,13 +39,13 @@ def test_records_cover_every_layer(smoke):
         assert math.isfinite(r["perplexity"]) and r["perplexity"] > 1
         # the unquantized model's perplexity on the same windows is below any 3-bit model's
         assert r["fp_perplexity"] < r["perplexity"]
-    s = lm.summarize(folder)
+    s = lm.STUDY.summarize(folder)
     assert s["errors"] == 0 and s["violations"] == 0 and 0 < s["median_tightness"] < 1
 
 
 def test_every_bound_holds_on_all_210_layers(smoke):
     _, folder, _ = smoke
-    bound_runs = [r for r in lm.load(folder) if r["config"]["pass"] == "bounds"]
+    bound_runs = [r for r in lm.STUDY.load(folder) if r["config"]["pass"] == "bounds"]
     assert {r["config"]["name"] for r in bound_runs} == set(EXPECTED_BOUNDS)
     for r in bound_runs:
         assert len(r["layers"]) == N_LAYERS
@@ -63,7 +64,7 @@ def test_figures_and_csv_from_the_records(smoke):
             assert os.path.getsize(os.path.join(out, f"{name}.{ext}")) > 0
     t = pd.read_csv(os.path.join(out, "lm_perplexity.csv"))
     assert {"algorithm", "bits", "group_size", "perplexity"} <= set(t.columns)
-    recs = {r["config"]["name"]: r for r in lm.load(folder) if r["config"]["pass"] == "practical"}
+    recs = {r["config"]["name"]: r for r in lm.STUDY.load(folder) if r["config"]["pass"] == "practical"}
     assert set(t.config) == set(recs)
     for row in t.itertuples():
         assert row.perplexity == pytest.approx(recs[row.config]["perplexity"], rel=1e-5)
@@ -74,5 +75,5 @@ def test_figures_and_csv_from_the_records(smoke):
 
 def test_second_run_recomputes_nothing(smoke):
     _, folder, _ = smoke
-    ran, _ = lm.run_study("smoke", folder)
+    ran, _ = lm.STUDY.run_study("smoke", folder)
     assert ran == 0

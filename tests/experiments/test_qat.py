@@ -1,4 +1,4 @@
-"""experiments.qat on the real MiniLM: the fake-quantized forward is ptq's, QAT learns in every
+"""experiments.studies.qat on the real MiniLM: the fake-quantized forward is ptq's, QAT learns in every
 layer and ends on the grid, the output scales, and the smoke study through reproduce.
 
 A missing model package fails these tests with its install command (PTQ_ALLOW_SKIP_REAL=1
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import qat
-from experiments.real import weights
+from experiments.studies import qat
+from experiments.models.minilm import weights
 
 
 @pytest.fixture(scope="module")

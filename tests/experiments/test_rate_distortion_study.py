@@ -1,4 +1,4 @@
-"""experiments.rate_distortion on real MiniLM layers: the smoke study through reproduce.
+"""experiments.studies.rate_distortion on real MiniLM layers: the smoke study through reproduce.
 
 Each row's references are recomputed here from the row's own columns (D_G and the SLB at the
 row's rates from theory.rate_distortion on the same layer), nothing sits below the Shannon
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import rate_distortion as study
-from experiments.real import weights
+from experiments.studies import rate_distortion as study
+from experiments.models.minilm import weights
 from theory import rate_distortion as rd
 
 
@@ -25,7 +25,7 @@ def smoke(tmp_path_factory):
     from experiments import reproduce
 
     try:
-        from experiments.real import activations
+        from experiments.models.minilm import activations
 
         activations.model()
     except weights.ModelMissingError as exc:
@@ -64,8 +64,8 @@ def test_smoke_study_runs_and_keeps_its_claims(smoke):
 
 
 def test_rows_match_the_references_recomputed(smoke):
-    from experiments.real import activations
-    from experiments.real.calib import parse_layer
+    from experiments.models.minilm import activations
+    from experiments.studies.minilm import parse_layer
 
     _, _, t = smoke
     name = study.SIZES["smoke"].layers[0]

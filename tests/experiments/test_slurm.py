@@ -26,7 +26,7 @@ import uuid
 import pytest
 from omegaconf import OmegaConf
 
-from experiments import records, sweep
+from experiments import measure, records, sweep
 from experiments import run as run_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -361,7 +361,7 @@ def test_time_limit_warning_is_not_swallowed_by_code_that_records_its_failures(
 
     previous = signal.signal(signal.SIGUSR2, submitit_like)
     try:
-        monkeypatch.setattr(run_mod, "compute", compute)
+        monkeypatch.setattr(measure, "compute", compute)
         rec = run_mod.run(compose_cfg([f"out_dir={tmp_path}"]))
         assert signal.getsignal(signal.SIGUSR2) is submitit_like  # put back as it was
     finally:

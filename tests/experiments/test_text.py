@@ -14,8 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import text
-from experiments.real.weights import ModelMissingError
+from experiments.models.smollm2 import text
+from experiments.models.minilm.weights import ModelMissingError
 
 # --------------------------------------------------------------------------------------------
 # strip_markup, rule by rule
@@ -213,7 +213,7 @@ def test_tokens_sha_is_checked(tmp_path):
     (tmp_path / text.PROVENANCE_FILE.name).write_text(json.dumps(prov))
     with pytest.raises(ValueError, match="SHA-256"):
         text.load_lm_tokens(tmp_path / text.TOKENS_FILE.name)
-    with pytest.raises(FileNotFoundError, match="python -m experiments.text"):
+    with pytest.raises(FileNotFoundError, match="python -m experiments.models.smollm2.text"):
         text.load_lm_tokens(tmp_path / "absent.npz")
 
 

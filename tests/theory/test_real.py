@@ -18,7 +18,7 @@ SLACK = 1 + 1e-9  # float64 rounding of the measured error
 
 @pytest.fixture(scope="module")
 def layer():
-    activations = pytest.importorskip("experiments.real.activations")
+    activations = pytest.importorskip("experiments.models.minilm.activations")
     fp = activations.full_precision(256)
     name = "encoder.layer.0.attention.output.dense"
     X = np.asarray(fp.inputs[name], dtype=np.float64)

@@ -1,7 +1,7 @@
 r"""Every quantizer against the rate-distortion limit, on every linear layer of MiniLM.
 
-    python -m experiments.rate_distortion                # default: 36 layers, bits 2-4 (~2 min)
-    python -m experiments.rate_distortion --size smoke   # 3 layers at 4 bits (seconds)
+    python -m experiments.studies.rate_distortion                # default: 36 layers, bits 2-4 (~2 min)
+    python -m experiments.studies.rate_distortion --size smoke   # 3 layers at 4 bits (seconds)
 
 Per layer (its full-precision calibration input X, m = 2048 tokens, and its weights W) and
 per bit-width b, each quantizer's distortion ``D = sum_j ||Xa (w_j - q_j)||^2`` (float64,
@@ -32,18 +32,25 @@ One record per layer (JSON, atomic, resumable) in ``runs/<size>/rate_distortion/
 
 from __future__ import annotations
 
-import datetime
+import functools
 import logging
 import os
 import sys
 import time
-import traceback
 from typing import Any, NamedTuple
 
 import numpy as np
 
+import ptq
+import theory
 from experiments import records
-from experiments.study import StudyCommand
+from experiments.figures import rate_distortion as figures
+from experiments.measure import record_run
+from experiments.models.minilm import activations
+from experiments.studies.minilm import LAYER_NAMES, parse_layer
+from experiments.study import StudyCommand, load_sizes
+from ptq.rate import code_entropy
+from theory import rate_distortion as rd
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +64,7 @@ class Size(NamedTuple):
     tokens: int
 
 
-SIZES = {
-    "smoke": Size(("encoder.layer.0.attention.self.query", "encoder.layer.2.intermediate.dense",
-                   "encoder.layer.5.output.dense"), (4,), 2048),
-    "default": Size(None, (2, 3, 4), 2048),
-    "full": Size(None, (2, 3, 4, 5, 6), 2048),
-}
+SIZES = load_sizes("rate_distortion", Size)  # conf/study/rate_distortion.yaml
 
 
 def rotation(N: int, seed: int = ROTATION_SEED) -> np.ndarray:
@@ -73,8 +75,6 @@ def rotation(N: int, seed: int = ROTATION_SEED) -> np.ndarray:
 
 
 def _grid(W, bits: int):
-    import ptq
-
     return ptq.Grid.fit(W, bits, kind="asymmetric")
 
 
@@ -87,8 +87,6 @@ def quantize(name: str, X: np.ndarray, W: np.ndarray, bits: int, *,
              rate: float | None = None) -> dict[str, Any]:
     """One quantizer on one layer: ``Q`` (float64, original basis), its symbols, extras."""
     import jax.numpy as jnp
-
-    import ptq
 
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -121,10 +119,6 @@ def quantize(name: str, X: np.ndarray, W: np.ndarray, bits: int, *,
 
 def layer_rows(layer: str, X: np.ndarray, W: np.ndarray, bits: tuple[int, ...]) -> list[dict]:
     """The table rows of one layer: every quantizer at every bit-width."""
-    import theory
-    from ptq.rate import code_entropy
-    from theory import rate_distortion as rd
-
     L = theory.layer_limit(X, W)
     base = {"layer": layer, "N": L.N, "n": L.n, "lam": L.lam, "am_gm_bits": L.am_gm_bits,
             "entropy_power": L.entropy_power.power,
@@ -168,15 +162,13 @@ class RateDistortionStudy(StudyCommand):
     """The study as `experiments.reproduce` runs it (``sizes``, ``run_and_build``)."""
 
     key = "rate_distortion"
-    figures = "experiments.figures.rate_distortion"
+    figures = staticmethod(figures.build_all)
     label = "rate_distortion"
     description = "Every quantizer against the rate-distortion limit on MiniLM."
     in_default_reproduce = False  # `--only rate_distortion` at default size (the budget)
     sizes = SIZES
 
     def layer_names(self, size: Size) -> tuple[str, ...]:
-        from experiments.real.sequential import LAYER_NAMES
-
         if size.layers is None:
             return LAYER_NAMES
         unknown = sorted(set(size.layers) - set(LAYER_NAMES))
@@ -185,9 +177,6 @@ class RateDistortionStudy(StudyCommand):
         return size.layers
 
     def run_study(self, size_name: str, folder: str) -> int:
-        from experiments.real import activations
-        from experiments.run import versions
-
         if size_name not in SIZES:
             raise ValueError(f"`size` must be one of {sorted(SIZES)}; got {size_name!r}")
         size = SIZES[size_name]
@@ -207,21 +196,12 @@ class RateDistortionStudy(StudyCommand):
                 params = activations.model().params
             layer, kind = _parse(name)
             W = np.asarray(params["layers"][layer][kind][0])
-            rec: dict[str, Any] = {"id": records.run_id(cfg), "config": cfg,
-                                   "versions": versions(),
-                                   "created": datetime.datetime.now(datetime.UTC).isoformat()}
-            t0 = time.perf_counter()
-            try:
-                rec.update(rows=layer_rows(name, fp.inputs[name], W, size.bits), status="ok")
-            except Exception as exc:  # the study goes on; the record keeps the traceback
-                log.error("rate_distortion %s failed: %s: %s", name, type(exc).__name__, exc)
-                rec.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                           traceback=traceback.format_exc())
-            rec["seconds"] = time.perf_counter() - t0
-            records.write_atomic(path, rec)
+            rec = record_run(path, cfg,
+                             functools.partial(_rows, name, fp.inputs[name], W, size.bits),
+                             label=f"rate_distortion {name}")
             ran += 1
             log.info("[rate_distortion %d/%d] %s: %s (%.1fs)", i, len(names), name,
-                     rec["status"], rec["seconds"])
+                     rec["status"], rec["wall_s"]["total"])
         return ran
 
     def summarize(self, folder: str, ids: set[str] | None = None) -> dict[str, Any]:
@@ -242,9 +222,12 @@ class RateDistortionStudy(StudyCommand):
                 if wf else np.nan, "below_slb": below}
 
 
-def _parse(name: str) -> tuple[int, str]:
-    from experiments.real.calib import parse_layer
+def _rows(name: str, X: np.ndarray, W: np.ndarray, bits: tuple[int, ...]) -> dict:
+    """The body of one layer's record: its `layer_rows`."""
+    return {"rows": layer_rows(name, X, W, bits)}
 
+
+def _parse(name: str) -> tuple[int, str]:
     return parse_layer(name)
 
 

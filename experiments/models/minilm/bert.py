@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.real.weights import KINDS, Config
+from experiments.models.minilm.weights import KINDS, Config
 
 
 class Trace(NamedTuple):
@@ -118,7 +118,7 @@ def trace(params, ids, mask, config: Config) -> Trace:
     """Full forward pass keeping every hidden state and every linear layer's input.
 
     Args:
-      params: `experiments.real.weights.Model.params` (NumPy or JAX arrays).
+      params: `experiments.models.minilm.weights.Model.params` (NumPy or JAX arrays).
       ids: (B, L) int token ids, ``L <= max_positions``. mask: (B, L) 1 on tokens, 0 on pad.
     """
     return _trace(params, jnp.asarray(ids), jnp.asarray(mask), config)

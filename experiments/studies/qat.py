@@ -1,13 +1,13 @@
 """PTQ against QAT on MiniLM, and the output scales gamma and least squares.
 
-    python -m experiments.qat                        # default size, records in runs/default/qat
-    python -m experiments.qat --size smoke           # what CI runs (under a minute)
-    python -m experiments.qat --size full            # longer QAT schedule, every scale variant
-    python -m experiments.qat --size default sizes.default.train.steps=80   # Hydra overrides
+    python -m experiments.studies.qat                        # default size, records in runs/default/qat
+    python -m experiments.studies.qat --size smoke           # what CI runs (under a minute)
+    python -m experiments.studies.qat --size full            # longer QAT schedule, every scale variant
+    python -m experiments.studies.qat --size default sizes.default.train.steps=80   # Hydra overrides
 
 The sizes are the Hydra preset ``conf/study/qat.yaml``. One record per (method, bits, seed):
 
-* ``rtn``, ``optq``, ``qronos``: the sequential driver (`experiments.quantize_model`, RTN
+* ``rtn``, ``optq``, ``qronos``: the sequential driver (`experiments.driver`, RTN
   layer by layer without data) on GPTQ's asymmetric min-max grid per output channel, as the
   practical pass of the MiniLM study.
 * ``qat_rtn``, ``qat_optq``, ``qat_qronos``: quantization-aware training (`train`), the
@@ -43,7 +43,7 @@ Time and memory per method (``seconds``, ``peak_mb``): wall time of the method a
 full-precision activations and the held-out scoring excluded, and JIT compilation included
 where it happens (the first run of a shape in a process; the persistent compilation cache of
 `experiments.reproduce` removes most of it); for PTQ then QAT, the PTQ run's time plus the
-training's. Peak memory is `experiments.bench.timing.peak_memory`: the peak resident size of
+training's. Peak memory is `experiments.timing.peak_memory`: the peak resident size of
 the process sampled every 1 ms during the method, minus the resident size just before it
 (host memory of the whole process; what was already resident, such as the model, does not
 count; for PTQ then QAT the larger of the PTQ run's and the training's).
@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 import time
 from typing import Any, NamedTuple
@@ -66,16 +65,19 @@ import optax
 from tqdm.auto import tqdm
 
 import ptq
-from ptq import qat as fq
 from experiments import console_logging
-from experiments import quantize_model as qm
+from experiments import driver as qm
+from experiments.timing import peak_memory
+from experiments.figures import qat as figures
 from experiments.models import run_block
+from experiments.models.minilm import MiniLM, activations, text
+from experiments.studies.minilm import heldout_cosine
 from experiments.study import Study
+from experiments.study import load_sizes as study_sizes
+from ptq import qat as fq
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf",
-                        "study")
 PTQ_METHODS = ("rtn", "optq", "qronos")
 QAT_METHODS = {"qat_rtn": "rtn", "qat_optq": "optq", "qat_qronos": "qronos"}  # -> init
 METHODS = (*PTQ_METHODS, *QAT_METHODS)
@@ -98,18 +100,14 @@ class Size(NamedTuple):
 # --------------------------------------------------------------------------- data
 @functools.lru_cache(maxsize=1)
 def _model():
-    from experiments.models.minilm import MiniLM
-
     return MiniLM()
 
 
 @functools.lru_cache(maxsize=4)
 def calibration(tokens: int, seed: int):
     """The calibration batch of ``seed`` (see the module docstring), exactly ``tokens``,
-    padded to `experiments.real.text.MAX_LEN` (one compiled shape whatever the draw; padding
+    padded to `experiments.models.minilm.text.MAX_LEN` (one compiled shape whatever the draw; padding
     changes no token's activations, the keys being masked)."""
-    from experiments.real import activations, text
-
     tok = activations.model().tokens
     if seed:
         perm = np.random.default_rng(seed).permutation(len(tok.calib))
@@ -122,16 +120,12 @@ def calibration(tokens: int, seed: int):
 
 def heldout_quality(params, heldout: int) -> float:
     """Mean held-out cosine with the full-precision embeddings (the MiniLM study's)."""
-    from experiments.real.sequential import heldout_cosine
-
     p = {"embeddings": params["embeddings"], "layers": params["blocks"]}
     return float(np.mean(heldout_cosine(p, heldout)))
 
 
 def _measured(fn):
-    """``(fn(), seconds, peak_mb)`` of one call (`experiments.bench.timing.peak_memory`)."""
-    from experiments.bench.timing import peak_memory
-
+    """``(fn(), seconds, peak_mb)`` of one call (`experiments.timing.peak_memory`)."""
     out = []
     t0 = time.perf_counter()
     peak = peak_memory(lambda: out.append(jax.block_until_ready(fn())))
@@ -141,7 +135,7 @@ def _measured(fn):
 # --------------------------------------------------------------------------- PTQ
 def layer_grids(model, bits: int) -> dict[str, ptq.Grid]:
     """Per layer name, the grid every method uses: GPTQ's asymmetric min-max per channel,
-    fitted to the full-precision W (`experiments.quantize_model.make_grid`)."""
+    fitted to the full-precision W (`experiments.driver.make_grid`)."""
     o = qm.make_options("rtn", bits)
     return {model.layer_name(i, k): qm.make_grid(o, p[k][0])
             for i, p in enumerate(model.params["blocks"]) for k in model.kinds}
@@ -504,35 +498,26 @@ class QATStudy(Study):
         return out
 
     def compute(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        x64 = jax.config.read("jax_enable_x64")
-        jax.config.update("jax_enable_x64", False)  # the float32 deployment the study measures
-        try:
-            out = execute(cfg)
-        finally:
-            jax.config.update("jax_enable_x64", x64)
+        out = execute(cfg)
         return {**out, "layers": [], "wall_s": {"method": out["seconds"]}}
+
+    def x64(self, cfg: dict[str, Any]) -> bool:
+        return False  # the float32 deployment the study measures
 
 
 def load_sizes(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Size]:
-    """The sizes of ``conf/study/qat.yaml``, with Hydra overrides (``steps=80``, ...)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = OmegaConf.to_container(compose("qat", overrides=list(overrides)), resolve=True)
-    sizes = {}
-    for name, s in cfg["sizes"].items():
-        methods = tuple(s["methods"])
-        bad = sorted(set(methods) - set(METHODS)) + sorted(set(s["scales"]) - set(SCALES))
+    """The sizes of ``conf/study/qat.yaml`` (`experiments.study.load_sizes`), with dotted
+    overrides (``sizes.full.train.steps=80``), methods and scales checked."""
+    sizes = study_sizes("qat", Size, overrides)
+    for name, s in sizes.items():
+        bad = sorted(set(s.methods) - set(METHODS)) + sorted(set(s.scales) - set(SCALES))
         if bad:
             raise ValueError(f"size {name}: unknown methods or scales {bad}; expected methods "
                              f"from {METHODS} and scales from {tuple(SCALES)}")
-        sizes[name] = Size(tuple(s["bits"]), tuple(s["seeds"]), tuple(s["bits_one_seed"]),
-                           methods, tuple(s["scales"]), dict(s["data"]), dict(s["train"]))
     return sizes
 
 
-STUDY = QATStudy("qat", load_sizes(), None, "experiments.figures.qat", "qat", "cosine_mean")
+STUDY = QATStudy("qat", load_sizes(), None, figures.build_all, "qat", "cosine_mean")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console_logging()
     study = STUDY if not args.overrides else QATStudy(
-        "qat", load_sizes(args.overrides), None, STUDY.figures, "qat", "cosine_mean")
+        "qat", load_sizes(args.overrides), None, figures.build_all, "qat", "cosine_mean")
     _, s = study.run_and_build(args.size, f"{args.runs}/{args.size}/qat", args.out)
     print(s)
     return int(s["errors"] > 0)

@@ -1,12 +1,12 @@
 """Quantized real models as packed GPTQ checkpoints (`ptq.pack`), reloaded for the JAX forward.
 
-    python -m experiments.checkpoint                        # MiniLM, OPTQ 4-bit per channel
-    python -m experiments.checkpoint --model minilm smollm2 --bits 2 3 4 8 \
+    python -m experiments.studies.checkpoint                        # MiniLM, OPTQ 4-bit per channel
+    python -m experiments.studies.checkpoint --model minilm smollm2 --bits 2 3 4 8 \
         --dtype float16 float32 --table figures/checkpoint_size.csv   # the committed table
-    python -m experiments.checkpoint --model smollm2 --bits 4 --calib 4
+    python -m experiments.studies.checkpoint --model smollm2 --bits 4 --calib 4
 
 Each run quantizes every linear layer with the one sequential driver
-(`experiments.quantize_model`), collects each layer's codes and grid through its ``on_layer``
+(`experiments.driver`), collects each layer's codes and grid through its ``on_layer``
 hook, writes
 ``runs/checkpoints/<model>-<algorithm>-<asym|symm>-<b>b-g<group size>[-static]-<dtype>/``
 (``model.safetensors`` + ``quantize_config.json``), reads it back into the adapter's parameters
@@ -53,6 +53,12 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from experiments.driver import make_options, quantize_model
+from experiments.models import smollm2
+from experiments.models.smollm2 import text
+from experiments.studies import lm
+from experiments.studies import minilm as sequential
+from experiments.studies.minilm import _adapter
 from ptq import pack as pk
 
 OUT = "runs/checkpoints"
@@ -294,7 +300,7 @@ def dense_sizes(model, out: str) -> dict[str, int]:
 # ------------------------------------------------------------------------------ models
 class Quantized(NamedTuple):
     model: Any  # the adapter
-    options: Any  # experiments.quantize_model.Options
+    options: Any  # experiments.driver.Options
     params: dict  # the in-memory quantized model (adapter layout, float32 steps)
     collector: Collector
     seconds: float
@@ -302,12 +308,8 @@ class Quantized(NamedTuple):
 
 def adapter(name: str):
     if name == "minilm":
-        from experiments.real.sequential import _adapter
-
         return _adapter()
     if name == "smollm2":
-        from experiments import lm
-
         return lm.model()
     raise ValueError(f"`model` must be 'minilm' or 'smollm2'; got {name!r}")
 
@@ -317,11 +319,9 @@ def quantize(name: str, options, *, tokens: int = 2048, calib: int = 4, length: 
     """Quantize every linear layer of model ``name`` and pack each one as it is done.
 
     MiniLM calibrates on ``tokens`` tokens (`experiments.real`), SmolLM2 on ``calib`` windows
-    of ``length`` tokens (`experiments.lm`); ``model`` replaces the adapter (tests: a model
+    of ``length`` tokens (`experiments.studies.lm`); ``model`` replaces the adapter (tests: a model
     cut to its first blocks); ``on_layer`` is called after the packing hook on each layer.
     """
-    from experiments.quantize_model import quantize_model
-
     model = adapter(name) if model is None else model
     packer = Collector()
 
@@ -331,13 +331,9 @@ def quantize(name: str, options, *, tokens: int = 2048, calib: int = 4, length: 
 
     t0 = time.perf_counter()
     if name == "minilm":
-        from experiments.real import sequential
-
         _, p = sequential.run(options, n_tokens=tokens, on_layer=collector)
         params = {"embeddings": p["embeddings"], "blocks": p["layers"]}
     else:
-        from experiments import lm
-
         _, params = quantize_model(model, options, lm.calibration_batch(calib, length,
                                                                          options.seed),
                                    on_layer=collector)
@@ -348,12 +344,8 @@ def score(name: str, params, *, heldout: int = 64, length: int = 512) -> float:
     """MiniLM: mean held-out cosine with the full-precision embeddings; SmolLM2: held-out
     perplexity on ``heldout`` windows of ``length`` tokens."""
     if name == "minilm":
-        from experiments.real import sequential
-
         return float(sequential.heldout_cosine(
             {"embeddings": params["embeddings"], "layers": params["blocks"]}, heldout).mean())
-    from experiments import text
-    from experiments.models import smollm2
 
     return smollm2.perplexity(params, text.heldout_windows(heldout, length))[0]
 
@@ -386,8 +378,6 @@ def run(name: str = "minilm", bits=(4,), group_sizes=(None,), algorithm: str = "
 
     A group size (None: per channel) quantizes on `ptq.GroupGrid` grids through the driver's
     ``group_size`` / ``static_groups`` options."""
-    from experiments.quantize_model import make_options
-
     rows = []
     for b in bits:
         for gs in group_sizes:
@@ -453,7 +443,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.checkpoint", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.studies.checkpoint", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", default=["minilm"], choices=["minilm", "smollm2"])
     p.add_argument("--algorithm", default="optq", choices=["rtn", "optq", "qronos"])

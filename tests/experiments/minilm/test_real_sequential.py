@@ -7,7 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.real import LAYER_NAMES, layer_data, quantize_encoder, sequential, theory_bounds
+from experiments import driver
+from experiments.driver import theory_bounds
+from experiments.models.minilm.weights import LAYER_NAMES
+from experiments.studies.minilm import layer_data, quantize_encoder
+from experiments.studies import minilm as sequential
 
 pytestmark = pytest.mark.real
 
@@ -36,7 +40,7 @@ def runs(real_model):
     jax.config.update("jax_enable_x64", True)
 
 
-@pytest.mark.parametrize("algorithm", sequential.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", driver.ALGORITHMS)
 def test_four_bits_is_finite_and_complete(runs, algorithm):
     res = runs(algorithm, 4)
     assert [r["name"] for r in res.records] == list(LAYER_NAMES)
@@ -95,9 +99,9 @@ def test_x_hat_is_the_partially_quantized_input(real_model):
 def test_a_complete_cache_skips_the_full_precision_copy_and_changes_nothing(real_model):
     """The driver's second run on a filled `FullPrecisionCache` runs only the quantized copy
     of the model (half the block calls) and returns bitwise the same records and weights."""
-    from experiments import quantize_model as qm
+    from experiments import driver as qm
     from experiments.models.minilm import MiniLM
-    from experiments.real import text
+    from experiments.models.minilm import text
 
     class Counting(MiniLM):  # the real adapter, counting the blocks it runs
         calls = 0

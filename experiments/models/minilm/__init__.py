@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 (a 6-block BERT encoder) as a model adapter of the sequential driver.
 
-The forward pass is `experiments.real.bert`'s four stages per block; this adapter only says
+The forward pass is `experiments.models.minilm.bert`'s four stages per block; this adapter only says
 where the driver stops (the inputs of query/key/value, attention.output.dense,
 intermediate.dense and output.dense) and how an activation (B, L, N) becomes the (m, N)
 matrix of its non-padding tokens, rows in (sequence, position) order.
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.models import Stage
-from experiments.real import activations, bert
-from experiments.real.weights import KINDS, layer_name
+from experiments.models.minilm import activations, bert
+from experiments.models.minilm.weights import KINDS, layer_name
 
 
 @partial(jax.jit, static_argnums=(5,))

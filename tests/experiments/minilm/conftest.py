@@ -10,13 +10,13 @@ import os
 
 import pytest
 
-from experiments.real import weights
+from experiments.models.minilm import weights
 
 
 @pytest.fixture(scope="session")
 def real_model():
     """The verified model and committed token ids (`activations.model()`)."""
-    from experiments.real import activations
+    from experiments.models.minilm import activations
 
     try:
         return activations.model()

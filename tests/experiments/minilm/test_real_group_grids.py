@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import ptq
-from experiments import quantize_model as qm
-from experiments.real import activations
+from experiments import driver as qm
+from experiments.models.minilm import activations
 
 pytestmark = pytest.mark.real
 

@@ -1,21 +1,21 @@
 """The causal LM study: SmolLM2-135M quantized end to end, judged by held-out perplexity.
 
-    python -m experiments.lm                  # default size, records in runs/default/lm
-    python -m experiments.lm --size smoke     # what CI runs: 210 layers on 1536 tokens
-    python -m experiments.lm --size full      # 128 x 512 calibration tokens, bits 2, 3, 4, 8
-    python -m experiments.lm --size bits      # bits 2, 3, 4, 8 at 16 x 512 calibration tokens
-    python -m experiments.lm --size groups    # 4 bits, groups of 128, at 16 x 512
+    python -m experiments.studies.lm                  # default size, records in runs/default/lm
+    python -m experiments.studies.lm --size smoke     # what CI runs: 210 layers on 1536 tokens
+    python -m experiments.studies.lm --size full      # 128 x 512 calibration tokens, bits 2, 3, 4, 8
+    python -m experiments.studies.lm --size bits      # bits 2, 3, 4, 8 at 16 x 512 calibration tokens
+    python -m experiments.studies.lm --size groups    # 4 bits, groups of 128, at 16 x 512
 
-    from experiments.lm import quantize_lm
+    from experiments.studies.lm import quantize_lm
     res = quantize_lm("optq", 3, calib=16)    # all 210 linear layers, in forward order
     res.perplexity, res.records[7]["rel_err"]
 
 Each run quantizes the 210 linear layers (30 blocks x q, k, v, o, gate, up, down) with the
-one sequential driver (`experiments.quantize_model`, adapter `experiments.models.smollm2`) on
+one sequential driver (`experiments.driver`, adapter `experiments.models.smollm2`) on
 ``calib`` random windows of ``length`` tokens of the calibration articles, then scores the
 quantized model on the first ``heldout`` non-overlapping windows of the held-out articles:
 perplexity ``exp(mean NLL)`` over every predicted token (`smollm2.perplexity`). The text is
-the Wikipedia excerpt of `experiments.text` (disjoint articles). The passes (practical:
+the Wikipedia excerpt of `experiments.models.smollm2.text` (disjoint articles). The passes (practical:
 GPTQ's asymmetric grid; bounds: the infinite alphabet in float64, every bound on every layer)
 and the records are `experiments.study`'s; figures: `experiments.figures.lm`.
 
@@ -34,7 +34,11 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from experiments.study import Outcome, Size, Study
+from experiments.driver import FullPrecisionCache, make_options, quantize_model
+from experiments.figures import lm as figures
+from experiments.models import Batch, smollm2
+from experiments.models.smollm2 import SmolLM2, text
+from experiments.study import Outcome, Size, Study, load_sizes
 
 DEFAULT_LENGTH = 512
 
@@ -49,16 +53,11 @@ class LMResult(NamedTuple):
 
 @functools.lru_cache(maxsize=1)
 def model():
-    from experiments.models.smollm2 import SmolLM2
-
     return SmolLM2()
 
 
 def calibration_batch(calib: int, length: int = DEFAULT_LENGTH, seed: int = 0):
     """``calib`` random calibration windows as an `experiments.models.Batch` (no padding)."""
-    from experiments import text
-    from experiments.models import Batch
-
     ids = text.calibration_windows(calib, length, seed)
     return Batch(ids, np.ones_like(ids))
 
@@ -73,8 +72,6 @@ CACHE_MAX_TOKENS = 4096
 
 @functools.lru_cache(maxsize=1)
 def _cache(calib: int, length: int, seed: int):
-    from experiments.quantize_model import FullPrecisionCache
-
     return FullPrecisionCache()
 
 
@@ -88,9 +85,6 @@ def full_precision_cache(calib: int, length: int = DEFAULT_LENGTH, seed: int = 0
 @functools.lru_cache(maxsize=4)
 def full_precision_perplexity(heldout: int, length: int = DEFAULT_LENGTH) -> tuple[float, int]:
     """Perplexity of the unquantized (dequantized GGUF) model on the same held-out windows."""
-    from experiments import text
-    from experiments.models import smollm2
-
     ppl, n, _ = smollm2.perplexity(model().params, text.heldout_windows(heldout, length))
     return ppl, n
 
@@ -102,16 +96,12 @@ def quantize_lm(algorithm: str = "optq", bits: int = 4, *, calib: int = 128,
     """Quantize all 210 linear layers in forward order; held-out perplexity.
 
     Args:
-      algorithm, bits, **options: as `experiments.quantize_model.make_options` (grid, finite,
+      algorithm, bits, **options: as `experiments.driver.make_options` (grid, finite,
         lam, percdamp, order, rounding, variant, seed, block_size).
       calib: calibration windows (GPTQ's usual 128); length: tokens per window (512).
       heldout: held-out windows scored (None: all of them).
       on_layer: the driver's per-layer hook (e.g. `quantize_model.theory_bounds`).
     """
-    from experiments import text
-    from experiments.models import smollm2
-    from experiments.quantize_model import make_options, quantize_model
-
     o = make_options(algorithm, bits, **options)
     batch = calibration_batch(calib, length, o.seed)
     t0 = time.perf_counter()
@@ -131,37 +121,12 @@ def execute(cfg: dict[str, Any], options: dict[str, Any], on_layer) -> Outcome:
     return Outcome(quality, res.records, res.seconds)
 
 
-def _data(calib: int, length: int, heldout: int) -> dict[str, Any]:
-    return {"model": "SmolLM2-135M-Instruct.Q4_1", "calib": calib, "length": length,
-            "heldout": heldout, "group_size": None}
+SIZES = load_sizes("lm", Size)  # conf/study/lm.yaml
+STUDY = Study("lm", SIZES, execute, figures.build_all, "lm", "perplexity")
+main = STUDY.main
 
-
-_ALGS = ("rtn", "optq", "optq_decreasing", "qronos")
-# Calibration rows m = calib * length >= 1536 (the widest input, down_proj) keeps B2 in its
-# cheap N <= m form. Measured wall time on 2 cores, one whole-model run being two 30-block
-# forward passes over the calibration tokens (one, after the first run on the same tokens:
-# `full_precision_cache`), 210 quantizations with their measurements and the held-out
-# perplexity: smoke about 4 min (what CI runs), default about
-# 3 min (reproduce's default), full not yet run (hours: 128 x 512 calibration tokens).
-SIZES = {
-    "smoke": Size((3,), (3,), ("rtn", "optq"), ("optq", "qronos"), _data(12, 128, 2)),
-    "default": Size((3,), (), ("rtn", "optq", "qronos"), (), _data(4, 512, 8)),
-    "full": Size((2, 3, 4, 8), (3,), _ALGS, ("optq", "qronos"), _data(128, 512, 64)),
-    # Perplexity against bits at 16 windows, where the calibration study (figures/
-    # lm_calibration.csv) found the ordering of OPTQ and Qronos settled: 16 runs, about an hour.
-    "bits": Size((2, 3, 4, 8), (), _ALGS, (), _data(16, 512, 8)),
-    # The same at 4 bits with GPTQ's groups of 128 input features (4 runs).
-    "groups": Size((4,), (), _ALGS, (), {**_data(16, 512, 8), "group_size": 128}),
-}
-
-STUDY = Study("lm", SIZES, execute, "experiments.figures.lm", "lm", "perplexity")
-config, configs, load, summarize = STUDY.config, STUDY.configs, STUDY.load, STUDY.summarize
-run_one, run_study, run_and_build, main = (STUDY.run_one, STUDY.run_study, STUDY.run_and_build,
-                                           STUDY.main)
-
-__all__ = ["LMResult", "SIZES", "STUDY", "calibration_batch", "config", "configs", "execute",
-           "full_precision_perplexity", "load", "main", "quantize_lm", "run_and_build",
-           "run_one", "run_study", "summarize"]
+__all__ = ["LMResult", "SIZES", "STUDY", "calibration_batch", "execute",
+           "full_precision_perplexity", "main", "quantize_lm"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 Source: the Language Reference topics in ``pydoc_data.topics`` (shipped with every CPython),
 filtered to prose paragraphs by `prose_paragraphs`. They were tokenized once with the model's
 own tokenizer (``tokenizer.json`` of the model package, WordPiece, lower case, ``[CLS] ...
-[SEP]``, truncated to `MAX_LEN` tokens) by ``python -m experiments.real.regen``; the ids live
+[SEP]``, truncated to `MAX_LEN` tokens) by ``python -m experiments.models.minilm.regen``; the ids live
 in ``data/real/tokens.npz`` with ``data/real/PROVENANCE.json`` (source, Python version,
 filters, tokenizer, date, SHA-256 of the id file). Runs read the ids only, so they need no
 tokenizer and do not drift with the Python version.
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments.text import file_sha256, verified_ids_file  # noqa: F401 (regen uses file_sha256)
+from experiments.models.common import file_sha256, verified_ids_file  # noqa: F401 (regen uses file_sha256)
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "real"
 TOKENS_FILE = DATA_DIR / "tokens.npz"
@@ -95,7 +95,7 @@ def split_paragraphs(topics: dict[str, str]) -> tuple[list[str], list[str]]:
 def load_tokens(path: Path = TOKENS_FILE) -> Tokens:
     """Read the committed token ids, checking the file's SHA-256 against PROVENANCE.json."""
     path = verified_ids_file(
-        path, "pip install -e '.[regen]' && python -m experiments.real.regen")
+        path, "pip install -e '.[regen]' && python -m experiments.models.minilm.regen")
     with np.load(path) as z:
 
         def seqs(split):

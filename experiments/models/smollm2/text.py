@@ -16,10 +16,10 @@ held-out split (about a quarter), the others the calibration split. Each documen
 once with SmolLM2-135M's own byte-level BPE tokenizer (`experiments.models.smollm2.tokenizer`,
 vocabulary 49152) without BOS, and the documents of a split are joined with the eos token
 between them (id 2, ``<|im_end|>``, the GGUF file's ``tokenizer.ggml.eos_token_id``): one 1-D
-token stream per split. ``python -m experiments.text`` writes the
+token stream per split. ``python -m experiments.models.smollm2.text`` writes the
 streams and the article start offsets to ``data/lm/tokens.npz`` and the provenance (source and
 its SHA-256, gensim version, filters, split rule and titles, tokenizer, counts, SHA-256 of the
-id file, date, command) to ``data/lm/PROVENANCE.json``; ``python -m experiments.text --check``
+id file, date, command) to ``data/lm/PROVENANCE.json``; ``python -m experiments.models.smollm2.text --check``
 re-derives the ids and compares them with the committed file.
 
 Runs read the committed ids only (`load_lm_tokens`, `calibration_windows`, `heldout_windows`):
@@ -34,7 +34,6 @@ import argparse
 import bz2
 import datetime
 import functools
-import hashlib
 import html
 import importlib.metadata
 import io
@@ -47,6 +46,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from experiments.models import smollm2
+from experiments.models.common import file_sha256, verified_ids_file
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "lm"
 TOKENS_FILE = DATA_DIR / "tokens.npz"
@@ -63,7 +65,7 @@ SOURCE_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2
 
 HELDOUT_EVERY = 4  # article index (sorted by page id) % 4 == 3 -> held-out
 EOS_ID = 2  # SmolLM2-135M-Instruct's eos token <|im_end|> (GGUF eos_token_id), between articles
-COMMAND = "python -m experiments.text"
+COMMAND = "python -m experiments.models.smollm2.text"
 
 
 class SourceMissingError(RuntimeError):
@@ -87,29 +89,6 @@ class LMTokens(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Source file and XML
 # --------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def verified_ids_file(path: Path, regenerate: str) -> Path:
-    """``path``, a committed token-id file, after checking its SHA-256 against the
-    ``tokens_sha256`` of the PROVENANCE.json beside it; ``regenerate`` is the command named
-    when the file is missing. Shared by every committed text (MiniLM's and this one)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; it is committed with the repository (regenerate it with "
-            f"`{regenerate}`)"
-        )
-    prov = json.loads((path.parent / PROVENANCE_FILE.name).read_text())
-    digest = file_sha256(path)
-    if digest != prov["tokens_sha256"]:
-        raise ValueError(
-            f"{path} has SHA-256 {digest} but PROVENANCE.json records {prov['tokens_sha256']}"
-        )
-    return path
 
 
 def source_file() -> Path:
@@ -519,8 +498,6 @@ def join_articles(ids: list[list[int]], eos_id: int = EOS_ID) -> tuple[np.ndarra
 def derive(articles: list[Article] | None = None, tokenizer=None) -> Derived:
     """Strip and tokenize the articles (the dump's by default) into the two split streams."""
     if tokenizer is None:
-        from experiments.models import smollm2
-
         if smollm2.EXPECTED.eos_id != EOS_ID:
             raise ValueError(f"SmolLM2's eos id is {smollm2.EXPECTED.eos_id}, not {EOS_ID}")
         tokenizer = smollm2.tokenizer()
@@ -561,8 +538,6 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def provenance(d: Derived, tokens_sha256: str) -> dict:
     import tokenizers
 
-    from experiments.models import smollm2
-
     n_calib, n_held = len(d.calib_titles), len(d.heldout_titles)
     return {
         "source": f"{SOURCE_PATH} in the gensim {SOURCE_VERSION} wheel (English Wikipedia "
@@ -571,7 +546,7 @@ def provenance(d: Derived, tokens_sha256: str) -> dict:
         "gensim_version": importlib.metadata.version(SOURCE_PACKAGE),
         "python_version": sys.version.split()[0],
         "filters": "pages with <ns>0</ns>, no <redirect> element and text not starting with "
-                   "#REDIRECT; wikitext reduced to plain text by experiments.text.strip_markup "
+                   "#REDIRECT; wikitext reduced to plain text by experiments.models.smollm2.text.strip_markup "
                    "(comments, references, math/gallery/code elements, templates except a few "
                    "inline text ones, tables, file/category/interlanguage links, HTML tags, "
                    "bold/italic, list markers, magic words removed; links and external links "
