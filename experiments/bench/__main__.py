@@ -18,7 +18,7 @@ import logging
 import shlex
 import sys
 
-from experiments.bench import core, intmm, report
+from experiments.bench import intmm, layer_sizes, options, report, theory_timing
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -26,8 +26,8 @@ def _shape(text: str) -> tuple[int, int]:
     return int(N), int(n)
 
 
-def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
-    d = core.Options()
+def parse(argv=None) -> tuple[options.Options, argparse.Namespace]:
+    d = options.Options()
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["gptq", "intmm", "model"], default="gptq",
@@ -72,7 +72,7 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
     p.add_argument("--report-only", metavar="JSON", default=None,
                    help="measure nothing: re-derive and rewrite the outputs of a saved run")
     a = p.parse_args(argv)
-    opt = core.Options(
+    opt = options.Options(
         sizes=tuple(a.sizes), repeats=d.repeats if a.repeats is None else a.repeats,
         min_time=d.min_time if a.min_time is None else a.min_time,
         peers=tuple(x for x in a.peers if x != "none"), qwix_max_n=a.qwix_max_n,
@@ -113,10 +113,11 @@ def main(argv=None) -> int:
             res = json.load(f)
         command, note = res.pop("command"), note or res.pop("note", "")
         res.pop("note", None)
-        core.derive(res["rows"], res["matmul"])
-        core.derive_theory(res["theory"])  # also fills the limits in on runs saved before them
+        layer_sizes.derive(res["rows"], res["matmul"])
+        # also fills the limits in on runs saved before them
+        theory_timing.derive_theory(res["theory"])
     else:
-        res = core.run(opt, progress=lambda msg: print(msg, flush=True))
+        res = layer_sizes.run(opt, progress=lambda msg: print(msg, flush=True))
     paths = report.write(res, a.out, a.stem, command, note)
     print(report.markdown(res, command, note))
     print("wrote " + ", ".join(paths))

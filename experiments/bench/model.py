@@ -38,7 +38,7 @@ timed) shows that the three did the same work.
 m = 2N = 22016 rows (the benchmark's m = 2N, so X^T X has full rank as with a real
 calibration set of more tokens than features; X and X_hat are 0.97 GB each in float32, H and
 the other N x N matrices 0.48 GB each, which leaves room on a 24 GB machine), synthetic data as
-`core.make_data` (standard normal X and W, ``X_hat = X + 0.1 noise``), float32, 4-bit
+`options.make_data` (standard normal X and W, ``X_hat = X + 0.1 noise``), float32, 4-bit
 per-neuron min-max grid, block size 128: ``ptq.optq`` and ``ptq.qronos`` each called twice,
 the first call (compilation included) and a second one (with the peak memory above the inputs).
 """
@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 import ptq
-from experiments.bench import core, peers, timing
+from experiments.bench import flops, peers, timing
 from experiments.bench.report import md_table
 
 METHODS = ("optq", "qronos", "torch")
@@ -413,7 +413,7 @@ def large_layer(N: int, n: int, m: int, algorithms, *, bits: int = 4, block_size
                "first_s": first, "second_s": second, "compile_s": first - second,
                "peak_mib": peak / MIB, "inputs_mib": inputs / MIB}
         if alg == "optq":
-            row["counted_gflops"] = core.flops_limit(N, m, n) / second / 1e9
+            row["counted_gflops"] = flops.optq_limit(m, N, n) / second / 1e9
         rows.append(row)
         progress(f"large layer {alg}: first {first:.1f} s, second {second:.1f} s, peak "
                  f"{peak / MIB:.0f} MiB")

@@ -264,7 +264,7 @@ def brevitas_qronos(X, X_hat, W_rows, *, bits: int = 4, percdamp: float = 0.01,
     ``Hh^{-1}``) and runs GPTQ's lazy-block loop with ``chol(Hh_{>1}^{-1})``. Differs from
     ptq's ``z_1 = w_1 + ((G - Hh) w)_1 / Hh_11`` only in leaving lam out of ``z_1``, an
     O(lam / ||x_hat_1||^2) relative change to the correction;
-    `experiments.bench.core.brevitas_agreement` measures both variants against it.
+    `experiments.bench.agreement.brevitas_agreement` measures both variants against it.
 
     Args:
       X, X_hat: (m, N) torch float tensors (float32 or float64: the layer and Brevitas'

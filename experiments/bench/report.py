@@ -15,7 +15,7 @@ import os
 import pandas as pd
 
 from experiments.bench import timing
-from experiments.bench.core import Options
+from experiments.bench.options import Options
 
 MAIN = [
     ("N", "N"), ("optq_s", "ptq.optq [s]"), ("optq_best_s", "optq best [s]"),
