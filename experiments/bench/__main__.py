@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shlex
 import sys
 
 from experiments.bench import intmm, layer_sizes, options, report, theory_timing
@@ -89,8 +87,7 @@ def parse(argv=None) -> tuple[options.Options, argparse.Namespace]:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt, a = parse(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    command = ("python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)).strip()
+    command = report.command_line("python -m experiments.bench", argv)
     note = a.note
     if a.only == "model":  # --bits, --block-size, --seed, --out and --note apply
         from experiments.bench import model
@@ -109,10 +106,7 @@ def main(argv=None) -> int:
         print("wrote " + ", ".join(paths))
         return 0
     if a.report_only:
-        with open(a.report_only) as f:
-            res = json.load(f)
-        command, note = res.pop("command"), note or res.pop("note", "")
-        res.pop("note", None)
+        res, command, note = report.load_run(a.report_only, note)
         layer_sizes.derive(res["rows"], res["matmul"])
         # also fills the limits in on runs saved before them
         theory_timing.derive_theory(res["theory"])

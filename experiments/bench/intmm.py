@@ -30,7 +30,6 @@ Frobenius difference of the output from the float32 one (what the quantization c
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -280,14 +279,11 @@ def figure(res: dict, out_dir: str) -> list[str]:
 
 def write(res: dict, out_dir: str, command: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
+    from experiments.bench.report import write_md_json
+
     paths = figure(res, out_dir)  # intmm.png, .pdf and .csv (every row)
-    md = os.path.join(out_dir, "intmm.md")
-    with open(md, "w") as f:
-        f.write(markdown(res, command))
-    js = os.path.join(out_dir, "intmm.json")
-    with open(js, "w") as f:
-        json.dump({**res, "command": command}, f, indent=1, default=str)
-    return paths + [md, js]
+    return paths + write_md_json(os.path.join(out_dir, "intmm"), markdown(res, command),
+                                 {**res, "command": command})
 
 
 __all__ = ["BATCHES", "Options", "SHAPES", "VARIANTS", "measure", "run", "summary", "unpack4",

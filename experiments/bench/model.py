@@ -50,15 +50,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import resource
-import shlex
 import sys
 
 from experiments.bench import peers, timing
 from experiments.bench.large_layer import large_layer
 from experiments.bench.model_report import markdown, write
+from experiments.bench.report import command_line, load_run
 from experiments.bench.whole_model import METHODS, run_model, threads_check
 
 
@@ -135,6 +134,10 @@ def run(opt: Options, progress=lambda msg: None) -> dict:
 
 def cli(opt: Options, out: str, command: str, note: str = "", stem: str = "bench_model") -> int:
     res = run(opt, progress=lambda msg: print(msg, flush=True))
+    return _write_and_print(res, out, command, note, stem)
+
+
+def _write_and_print(res: dict, out: str, command: str, note: str, stem: str) -> int:
     paths = write(res, out, command, note, stem)
     print(markdown(res, command, note))
     print("wrote " + ", ".join(paths))
@@ -172,14 +175,8 @@ def main(argv=None) -> int:
                    help="measure nothing: rewrite the outputs of a saved run")
     a = p.parse_args(argv)
     if a.report_only:
-        with open(a.report_only) as f:
-            res = json.load(f)
-        command, note = res.pop("command"), a.note or res.pop("note", "")
-        res.pop("note", None)
-        paths = write(res, a.out, command, note, a.stem)
-        print(markdown(res, command, note))
-        print("wrote " + ", ".join(paths))
-        return 0
+        res, command, note = load_run(a.report_only, a.note)
+        return _write_and_print(res, a.out, command, note, a.stem)
     opt = Options(calib=a.calib, length=a.length, heldout=a.heldout, blocks=a.blocks,
                   methods=tuple(a.methods), check=not a.no_check, warmup=not a.no_warmup,
                   torch_threads=a.torch_threads or None,
@@ -187,8 +184,7 @@ def main(argv=None) -> int:
                                        for x in a.threads_shapes), bits=a.bits,
                   block_size=a.block_size, layer_N=a.layer_N, layer_n=a.layer_n,
                   layer_m=a.layer_m, layer_algorithms=tuple(a.layer_algorithms), seed=a.seed)
-    argv = sys.argv[1:] if argv is None else argv
-    command = ("python -m experiments.bench.model " + " ".join(map(shlex.quote, argv))).strip()
+    command = command_line("python -m experiments.bench.model", argv)
     return cli(opt, a.out, command, a.note, a.stem)
 
 

@@ -6,12 +6,11 @@ block from `per_block`), of torch's threads and of the large layer.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pandas as pd
 
-from experiments.bench.report import md_table
+from experiments.bench.report import md_table, write_md_json
 from experiments.bench.timing import PEAK_RSS_METHOD
 from experiments.bench.whole_model import THREADS_REPEATS, method_label
 
@@ -120,8 +119,5 @@ def write(res: dict, out_dir: str, command: str, note: str = "", stem: str = "be
     table = [{"part": "model", **r} for r in res["model"]] + [
         {"part": "layer", **r} for r in res["large"]]
     pd.DataFrame(table).to_csv(base + ".csv", index=False)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(res, command, note))
-    with open(base + ".json", "w") as f:
-        json.dump({**res, "command": command, "note": note}, f, indent=1, default=str)
-    return [base + ".csv", base + ".md", base + ".json"]
+    return [base + ".csv", *write_md_json(base, markdown(res, command, note),
+                                          {**res, "command": command, "note": note})]

@@ -4,6 +4,10 @@ Files (``<out>/<stem>...``): ``.csv`` (one row per N), ``_sweep.csv``, ``_matmul
 ``_agreement.csv``, ``_brevitas_agreement.csv``, ``_theory.csv``, ``.md`` (all tables and
 the definitions), ``.json``
 (everything, with the environment and options) and ``.png`` / ``.pdf`` (time vs N).
+
+Shared with the other benchmarks (`intmm`, `model`): `md_table`, `write_md_json` (the report
+and the JSON record), `command_line` (the command a run records) and `load_run` (a saved
+run, for ``--report-only``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import sys
 
 import pandas as pd
 
@@ -91,6 +97,32 @@ def md_table(rows: list[dict], cols: list[tuple[str, str]] | None = None) -> str
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def command_line(prog: str, argv: list[str] | None) -> str:
+    """The command a run records: ``prog`` and its arguments (``sys.argv[1:]`` for None),
+    shell-quoted."""
+    argv = sys.argv[1:] if argv is None else argv
+    return (prog + " " + " ".join(shlex.quote(x) for x in argv)).strip()
+
+
+def load_run(path: str, note: str = "") -> tuple[dict, str, str]:
+    """A run saved as JSON: (its results without command and note, its command, ``note`` or
+    else its saved note)."""
+    with open(path) as f:
+        res = json.load(f)
+    command, note = res.pop("command"), note or res.pop("note", "")
+    res.pop("note", None)
+    return res, command, note
+
+
+def write_md_json(base: str, text: str, record: dict) -> list[str]:
+    """``<base>.md`` (the report ``text``) and ``<base>.json`` (``record``); their paths."""
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    with open(base + ".json", "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    return [base + ".md", base + ".json"]
 
 
 def markdown(res: dict, command: str, note: str) -> str:
@@ -243,11 +275,8 @@ def write(res: dict, out_dir: str, stem: str, command: str, note: str = "") -> l
         path = f"{base}{suffix}.csv"
         pd.DataFrame(res.get(key, [])).to_csv(path, index=False)
         paths.append(path)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(res, command, note))
-    with open(base + ".json", "w") as f:
-        json.dump({**res, "command": command, "note": note}, f, indent=1, default=str)
-    paths += [base + ".md", base + ".json"]
+    paths += write_md_json(base, markdown(res, command, note),
+                           {**res, "command": command, "note": note})
     if res["rows"]:
         figure(res, base)
         paths += [base + ".png", base + ".pdf"]
