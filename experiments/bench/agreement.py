@@ -17,6 +17,21 @@ from experiments.bench import peers
 from experiments.bench.options import Options, make_data
 
 
+def _data(N: int, seed: int, dtype: str):
+    """`make_data` at size N in ``dtype`` ("float32" or "float64"): X, X_hat, W."""
+    np_dtype = np.float64 if dtype == "float64" else np.float32
+    return tuple(A.astype(np_dtype) for A in make_data(N, seed))
+
+
+def _grid_diffs(scale, zero_point, step, zero) -> dict:
+    """A peer's per-neuron grid (torch (n, 1) ``scale`` and ``zero_point``) against ptq's
+    (``step``, ``zero``, float64 (n,)): the largest relative scale and zero-point differences."""
+    scale = scale.numpy()[:, 0].astype(np.float64)
+    zero_point = zero_point.numpy()[:, 0].astype(np.float64)
+    return {"grid_scale_max_rel_diff": float(np.max(np.abs(scale - step) / step)),
+            "grid_zero_max_diff": float(np.max(np.abs(zero_point - zero)))}
+
+
 def agreement(N: int, opt: Options, dtype: str) -> dict:
     """ptq.optq vs the torch GPTQ on the same asymmetric per-row grid and order, at size N.
 
@@ -25,9 +40,7 @@ def agreement(N: int, opt: Options, dtype: str) -> dict:
     equal codes, the grid's own scale/zero difference, and the relative difference of the
     layer errors ``||X (W - Q)||_F``.
     """
-    X, _, W = make_data(N, opt.seed)
-    np_dtype = np.float64 if dtype == "float64" else np.float32
-    X, W = X.astype(np_dtype), W.astype(np_dtype)
+    X, _, W = _data(N, opt.seed, dtype)
     with jax.enable_x64(dtype == "float64"):
         grid = ptq.Grid.fit(jnp.asarray(W), opt.bits, kind="asymmetric", per="neuron")
         res = ptq.optq(X, W, grid, percdamp=0.01, block_size=min(opt.block_size, N))
@@ -46,8 +59,7 @@ def agreement(N: int, opt: Options, dtype: str) -> dict:
     return {
         "N": N,
         "dtype": dtype,
-        "grid_scale_max_rel_diff": float(np.max(np.abs(scale.numpy()[:, 0] - step) / step)),
-        "grid_zero_max_diff": float(np.max(np.abs(tzero.numpy()[:, 0] - zero))),
+        **_grid_diffs(scale, tzero, step, zero),
         "codes_equal_frac": float(np.mean(codes_ptq == codes_torch)),
         "max_code_diff": float(np.max(np.abs(codes_ptq - codes_torch))),
         "err_ptq": float(err(Q_ptq)),
@@ -66,9 +78,7 @@ def brevitas_agreement(N: int, opt: Options, dtype: str) -> list[dict]:
     Brevitas implements agrees up to float rounding; the other differs at step 1 (codes of
     the first feature) and, through the re-fit, in the rest of those neurons.
     """
-    X, X_hat, W = make_data(N, opt.seed)
-    np_dtype = np.float64 if dtype == "float64" else np.float32
-    X, X_hat, W = X.astype(np_dtype), X_hat.astype(np_dtype), W.astype(np_dtype)
+    X, X_hat, W = _data(N, opt.seed, dtype)
     B = min(opt.block_size, N)
     b = peers.brevitas_qronos(peers.to_torch(X), peers.to_torch(X_hat),
                               peers.to_torch(np.ascontiguousarray(W.T)), bits=opt.bits,
@@ -92,10 +102,7 @@ def brevitas_agreement(N: int, opt: Options, dtype: str) -> list[dict]:
             e_p, e_b = err(Q_p), err(Q_b)
             rows.append({
                 "N": N, "dtype": dtype, "ptq_variant": variant,
-                "grid_scale_max_rel_diff": float(np.max(np.abs(
-                    b.scale.numpy()[:, 0].astype(np.float64) - step) / step)),
-                "grid_zero_max_diff": float(np.max(np.abs(
-                    b.zero_point.numpy()[:, 0].astype(np.float64) - zero))),
+                **_grid_diffs(b.scale, b.zero_point, step, zero),
                 "codes_equal_frac": float(np.mean(same)),
                 "first_codes_equal_frac": float(np.mean(same[0])),  # natural order: row 0
                 "neurons_equal_frac": float(np.mean(same.all(axis=0))),

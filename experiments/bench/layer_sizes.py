@@ -51,6 +51,11 @@ from ptq.kernel import quantize_ordered
 OTHER_ORDERS = ("decreasing_norm", "random")  # timed besides the natural order
 
 
+def _damp(H) -> float:
+    """The damping ptq resolves by default: percdamp 0.01 times the mean of diag(H)."""
+    return 0.01 * float(jnp.mean(jnp.diagonal(H)))
+
+
 def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     """Time ptq.optq / ptq.qronos and their parts at size N; fills ``row``; returns state."""
     X, X_hat, W = make_data(N, opt.seed)
@@ -73,7 +78,7 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
 
     # The parts of optq, with the arguments ptq.optq builds (natural order, percdamp 0.01).
     XtX = layer.gram_sym(Xd)
-    lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
+    lam = _damp(XtX)
     perm = np.arange(N)
     p = layer.gather_index(perm)  # None: the natural order, as ptq.optq passes it
     row["gram_s"] = timer(opt)(lambda: layer.gram_sym(Xd)).median
@@ -90,7 +95,7 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     row["chol_s"] = timing.cholesky_time(H, opt.repeats, opt.min_time).median
     row["qronos_cross_gram_s"] = timer(opt)(lambda: layer.gram(Xhd, Xd)).median
     XhXh, XhX = layer.gram_sym(Xhd), layer.gram(Xhd, Xd)
-    lam_h = 0.01 * float(jnp.mean(jnp.diagonal(XhXh)))
+    lam_h = _damp(XhXh)
     row["qronos_lsq_s"] = timer(opt)(lambda: _least_squares(XhXh, XhX, Wd, lam_h)).median
 
     mib = 2.0**20
@@ -154,7 +159,7 @@ def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
     Xd, Wd = jax.device_put(X), jax.device_put(W)
     grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
     XtX = layer.gram_sym(Xd)
-    lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
+    lam = _damp(XtX)
     R = _ordered_factor(XtX, lam, jnp.arange(N))
     rows = []
     for B in blocks:

@@ -27,22 +27,23 @@ from typing import Any, NamedTuple
 import numpy as np
 
 
-def torch_missing() -> str | None:
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed (optional: pip install -e '.[bench]')"
+def _missing(package: str) -> str | None:
+    """Why ``package`` (an optional extra) cannot be used, or None."""
+    if importlib.util.find_spec(package) is None:
+        return f"{package} is not installed (optional: pip install -e '.[bench]')"
     return None
+
+
+def torch_missing() -> str | None:
+    return _missing("torch")
 
 
 def qwix_missing() -> str | None:
-    if importlib.util.find_spec("qwix") is None:
-        return "qwix is not installed (optional: pip install -e '.[bench]')"
-    return None
+    return _missing("qwix")
 
 
 def brevitas_missing() -> str | None:
-    if importlib.util.find_spec("brevitas") is None:
-        return "brevitas is not installed (optional: pip install -e '.[bench]')"
-    return None
+    return _missing("brevitas")
 
 
 # ----------------------------------------------------------------------------- torch GPTQ

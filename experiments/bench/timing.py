@@ -122,20 +122,25 @@ def peak_memory(fn: Callable[[], Any]) -> float:
     return float(peak[0] - base)
 
 
+def _read_hwm() -> int:
+    """``VmHWM`` of this process: its peak resident size [bytes]."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
 def _hwm_bytes() -> int | None:
     """``VmHWM`` of this process after resetting it, None where Linux does not allow it."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak resident size to the current one (Linux >= 4.0)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+        return _read_hwm()
     except (OSError, StopIteration):
         return None
 
 
 PEAK_RSS_METHOD = ("process resident high-water mark (VmHWM, reset via /proc/self/clear_refs "
-                 "just before the call) minus the resident size then, after gc.collect() and "
-                 "malloc_trim(0); where that is unavailable, the benchmark's sampled RSS")
+                   "just before the call) minus the resident size then, after gc.collect() and "
+                   "malloc_trim(0); where that is unavailable, the benchmark's sampled RSS")
 
 
 def peak_rss(fn) -> tuple[float, float, float]:
@@ -155,8 +160,7 @@ def peak_rss(fn) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     seconds = time.perf_counter() - t0
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    hwm = _read_hwm()
     return seconds, float(max(hwm - base, 0)), float(base)
 
 
