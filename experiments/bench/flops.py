@@ -25,7 +25,8 @@ returns after the column norms).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 
 def optq_limit(m: int, N: int, n: int) -> float:

@@ -52,7 +52,7 @@ VARIANTS = ("float32", "int8_dot", "int8", "int4", "int4_int8")
 SEED_CLAIMS = {"int8": {"time_saved_pct": 40.0, "speedup": 2.4},
                "int4": {"time_saved_pct": 60.0, "speedup": 3.0}}
 HIGHEST = jax.lax.Precision.HIGHEST
-_INT32 = dict(preferred_element_type=jnp.int32)
+_INT32 = {"preferred_element_type": jnp.int32}
 _DIMS = (((1,), (0,)), ((), ()))  # contract X's axis 1 with W's axis 0
 
 
@@ -234,8 +234,8 @@ def markdown(res: dict, command: str) -> str:
         "# INT8 / INT4 weight matmuls against float32\n",
         f"Command: `{command}`\n",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in res["env"].items()) + "\n",
-        "Speedup = median float32 time / median time of the variant (same process, same "
-        "inputs); > 1 is faster. Variants: see `experiments/bench/intmm.py`.\n",
+        ("Speedup = median float32 time / median time of the variant (same process, same "
+         "inputs); > 1 is faster. Variants: see `experiments/bench/intmm.py`.\n"),
         md_table(table),
         "Geometric mean of the speedup over the shapes:\n",
         md_table(geo, [("batch", "batch")] + [(v, v) for v in VARIANTS[1:]]),
@@ -286,5 +286,5 @@ def write(res: dict, out_dir: str, command: str) -> list[str]:
                                  {**res, "command": command})
 
 
-__all__ = ["BATCHES", "Options", "SHAPES", "VARIANTS", "measure", "run", "summary", "unpack4",
+__all__ = ["BATCHES", "SHAPES", "VARIANTS", "Options", "measure", "run", "summary", "unpack4",
            "weights", "write"]

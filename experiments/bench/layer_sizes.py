@@ -166,7 +166,7 @@ def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
         if B > N:
             continue
         k = timer(opt)(_kernel_fn(R, Wd, grid, B))
-        e = timer(opt)(lambda: ptq.optq(Xd, Wd, grid, block_size=B).Q)
+        e = timer(opt)(lambda B=B: ptq.optq(Xd, Wd, grid, block_size=B).Q)
         rows.append({"N": N, "block_size": B, "kernel_s": k.median, "kernel_best_s": k.best,
                      "optq_s": e.median, "optq_best_s": e.best})
     return rows

@@ -48,8 +48,9 @@ def per_block(layers: list[dict], torch_threads: int | None = None) -> list[dict
     rows = []
     for method, d in df.groupby("method", sort=False):
         t = d.groupby("layer")["seconds"].sum()
-        rows.append({"method": method_label(method, torch_threads), "blocks": len(t), "median_s": t.median(),
-                     "q25_s": t.quantile(0.25), "min_s": t.min(), "max_s": t.max(),
+        rows.append({"method": method_label(method, torch_threads), "blocks": len(t),
+                     "median_s": t.median(), "q25_s": t.quantile(0.25), "min_s": t.min(),
+                     "max_s": t.max(),
                      "q25_total_s": len(t) * t.quantile(0.25), "sum_s": t.sum()})
     return rows
 
@@ -68,42 +69,42 @@ def markdown(res: dict, command: str, note: str = "") -> str:
         f"{note}\n" if note else "",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n",
         "## Whole model: SmolLM2-135M, every linear layer in forward order\n",
-        f"{o['calib']} calibration windows of {o['length']} tokens, {o['bits']} bits, per-neuron "
-        "min-max grid, natural order, percdamp 0.01, block size "
-        f"{o['block_size']}, one run per method after a one-block warm-up; held-out perplexity "
-        f"on {o['heldout']} windows (full precision: "
-        f"{rows[0]['fp_perplexity'] if rows else float('nan'):.3f}).\n",
+        (f"{o['calib']} calibration windows of {o['length']} tokens, {o['bits']} bits, per-neuron "
+         "min-max grid, natural order, percdamp 0.01, block size "
+         f"{o['block_size']}, one run per method after a one-block warm-up; held-out perplexity "
+         f"on {o['heldout']} windows (full precision: "
+         f"{rows[0]['fp_perplexity'] if rows else float('nan'):.3f}).\n"),
         md_table(rows, MODEL_COLS),
         "\n" + md_table([r for r in rows if "total_over_optq" in r], RATIO_COLS),
         "\n### Quantizer time per block\n",
         md_table(per_block(res["layers"], o["torch_threads"]), BLOCK_COLS),
-        "\nThe quantizer seconds of each block's 7 layers summed, over the blocks of each run: "
-        "a process sharing the machine slows the blocks it overlaps, and the lower quartile "
-        "is a block's time without it (see `per_block`).\n",
-        "\nquantizer = the driver's per-layer `seconds` summed (the quantizer call and the wait "
-        "for its Q; torch: X_hat^T X_hat, the min-max grid and the GPTQ loop in torch); "
-        "forward + capture = total - quantizer - measure (both copies' forward passes, the "
-        "capture of X and X_hat); measure = the driver's per-layer error measurement. The "
-        "checks run in the on_layer hook (on the grid for every layer; torch: ptq.optq on "
-        "the same X_hat, W and grid, codes compared) are timed and left out of the total. "
-        "torch quantizes on the driver's grid; \"own-grid zero diffs\" counts the neurons, "
-        "over all layers, where torch's own min-max fit would have put the zero point one "
-        "step away (a tie -xmin/scale = k + 1/2 broken by float rounding). "
-        f"Peak: {PEAK_RSS_METHOD}; above the loaded model "
-        f"({rows[0]['rss_before_mib'] if rows else float('nan'):.0f} MiB resident before).\n",
+        ("\nThe quantizer seconds of each block's 7 layers summed, over the blocks of each run: "
+         "a process sharing the machine slows the blocks it overlaps, and the lower quartile "
+         "is a block's time without it (see `per_block`).\n"),
+        ("\nquantizer = the driver's per-layer `seconds` summed (the quantizer call and the wait "
+         "for its Q; torch: X_hat^T X_hat, the min-max grid and the GPTQ loop in torch); "
+         "forward + capture = total - quantizer - measure (both copies' forward passes, the "
+         "capture of X and X_hat); measure = the driver's per-layer error measurement. The "
+         "checks run in the on_layer hook (on the grid for every layer; torch: ptq.optq on "
+         "the same X_hat, W and grid, codes compared) are timed and left out of the total. "
+         "torch quantizes on the driver's grid; \"own-grid zero diffs\" counts the neurons, "
+         "over all layers, where torch's own min-max fit would have put the zero point one "
+         "step away (a tie -xmin/scale = k + 1/2 broken by float rounding). "
+         f"Peak: {PEAK_RSS_METHOD}; above the loaded model "
+         f"({rows[0]['rss_before_mib'] if rows else float('nan'):.0f} MiB resident before).\n"),
         "### torch's threads\n",
         md_table(res.get("threads", []), THREAD_COLS),
-        f"\nOne synthetic layer per shape, m = {o['calib'] * o['length']} rows, medians of "
-        f"{THREADS_REPEATS} calls after a warm-up (torch: X^T X in torch included). The "
-        f"whole-model torch row ran with torch_threads = {o['torch_threads']} (None: torch's "
-        "default).\n",
+        (f"\nOne synthetic layer per shape, m = {o['calib'] * o['length']} rows, medians of "
+         f"{THREADS_REPEATS} calls after a warm-up (torch: X^T X in torch included). The "
+         f"whole-model torch row ran with torch_threads = {o['torch_threads']} (None: torch's "
+         "default).\n"),
         "## One large layer\n",
         md_table(res["large"], LARGE_COLS),
-        "\nSynthetic standard normal X, X_hat = X + 0.1 noise and W, float32, "
-        f"{o['bits']}-bit per-neuron min-max grid, block size {o['block_size']}; m = "
-        f"{o['layer_m']} rows. Second call: peak resident memory above the inputs, "
-        "measured as in the whole-model table. counted flops: the benchmark's limit "
-        "(OPTQ updates n N^2 + symmetric Gram m N^2).\n",
+        ("\nSynthetic standard normal X, X_hat = X + 0.1 noise and W, float32, "
+         f"{o['bits']}-bit per-neuron min-max grid, block size {o['block_size']}; m = "
+         f"{o['layer_m']} rows. Second call: peak resident memory above the inputs, "
+         "measured as in the whole-model table. counted flops: the benchmark's limit "
+         "(OPTQ updates n N^2 + symmetric Gram m N^2).\n"),
     ]
     if res["skipped"]:
         out.append("## Skipped\n")

@@ -16,7 +16,8 @@ import resource
 import statistics
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -184,7 +185,7 @@ def matmul_rate(sizes, repeats: int, min_time: float = 0.0, dtype=jnp.float32) -
     for s in sizes:
         A = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
         B = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
-        t = time_call(lambda: _dot(A, B), repeats, min_time=min_time)
+        t = time_call(lambda A=A, B=B: _dot(A, B), repeats, min_time=min_time)
         rates[int(s)] = 2.0 * s**3 / t.median / 1e9
     return rates
 

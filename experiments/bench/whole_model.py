@@ -174,7 +174,8 @@ def _quantize_timed(model, method: str, batch, opt: Options) -> tuple[dict, list
     measure = sum(h0 - t - r["seconds"] for r, t, (h0, _) in zip(recs, hooks.t_call, hooks.t_hook))
     check = sum(h1 - h0 for h0, h1 in hooks.t_hook)
     total = wall - check
-    row = {"method": method_label(method, opt.torch_threads), "layers": len(recs), "m": recs[0]["m"], "total_s": total,
+    row = {"method": method_label(method, opt.torch_threads), "layers": len(recs),
+           "m": recs[0]["m"], "total_s": total,
            "quantizer_s": quantizer, "measure_s": measure, "check_s": check,
            "forward_s": total - quantizer - measure, "quantizer_share": quantizer / total,
            "peak_mib": peak / MIB, "rss_before_mib": base / MIB,
@@ -186,8 +187,8 @@ def _quantize_timed(model, method: str, batch, opt: Options) -> tuple[dict, list
         row.update(codes_equal_mean=float(np.mean(fr)), codes_equal_min=float(np.min(fr)))
     if method == "torch":
         row["own_zero_diffs"] = sum(r["own_zero_diffs"] for r in recs)
-    keep = ("name", "layer", "kind", "seconds", "rel_err", "off_grid_steps", "codes_in_range", "codes_equal_frac",
-            "own_zero_diffs", "m", "N", "n")
+    keep = ("name", "layer", "kind", "seconds", "rel_err", "off_grid_steps", "codes_in_range",
+            "codes_equal_frac", "own_zero_diffs", "m", "N", "n")
     layers = [{"method": method, **{k: r[k] for k in keep if k in r}} for r in recs]
     return row, layers, out["params"]
 
