@@ -6,8 +6,9 @@ PyTorch GPTQ written from the paper, qwix's GPTQ, Brevitas' Qronos), `options` (
 measures, its data), `layer_sizes` (the layer-size benchmark, the limit, the run),
 `peer_timing` (the peers at each size), `agreement` (the same-work checks), `theory_timing`
 (the theory bounds' times), `flops` (the counted flops), `report` (CSV, Markdown, JSON,
-figure); `intmm` (INT8 / INT4 matmuls) and `model` (a whole model and one large layer) are
-benchmarks of their own. The peers are optional extras (``.[bench]``).
+figure); `intmm` (INT8 / INT4 matmuls) and `model` (a whole model, `whole_model`, and one
+large layer, `large_layer`, written by `model_report`) are benchmarks of their own. The peers
+are optional extras (``.[bench]``).
 """
 
 from experiments.bench.layer_sizes import run
