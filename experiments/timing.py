@@ -1,4 +1,5 @@
-"""Timers, peak-memory sampling, the matrix-product rate and the factorisation times.
+"""Timers, peak memory (sampled, or the resettable high-water mark), the matrix-product
+rate and the factorisation times.
 
 Everything here is backend-neutral: JAX work is timed with ``jax.block_until_ready`` on the
 outputs (asynchronous dispatch on a GPU would otherwise time only the launch), and arrays
@@ -15,7 +16,8 @@ import resource
 import statistics
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +66,7 @@ def time_call(
 
 # ----------------------------------------------------------------------------- memory
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MIB = 2.0**20
 MEMORY_METHOD = (
     "sampled RSS: peak of /proc/self/statm resident size, polled every 1 ms during one call, "
     "minus the resident size just before it, after gc.collect() and glibc malloc_trim(0) "
@@ -120,6 +123,48 @@ def peak_memory(fn: Callable[[], Any]) -> float:
     return float(peak[0] - base)
 
 
+def _read_hwm() -> int:
+    """``VmHWM`` of this process: its peak resident size [bytes]."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+def _hwm_bytes() -> int | None:
+    """``VmHWM`` of this process after resetting it, None where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident size to the current one (Linux >= 4.0)
+        return _read_hwm()
+    except (OSError, StopIteration):
+        return None
+
+
+PEAK_RSS_METHOD = ("process resident high-water mark (VmHWM, reset via /proc/self/clear_refs "
+                   "just before the call) minus the resident size then, after gc.collect() and "
+                   "malloc_trim(0); where that is unavailable, the benchmark's sampled RSS")
+
+
+def peak_rss(fn) -> tuple[float, float, float]:
+    """Run ``fn()`` once: (seconds, peak bytes above the resident size before, that size)."""
+    _trim()
+    base = _rss()
+    if _hwm_bytes() is None:  # no resettable high-water mark: the bench's 1 ms sampling
+        out = {}
+
+        def timed():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            out["s"] = time.perf_counter() - t0
+
+        peak = peak_memory(timed)
+        return out["s"], peak, float(base)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    seconds = time.perf_counter() - t0
+    hwm = _read_hwm()
+    return seconds, float(max(hwm - base, 0)), float(base)
+
+
 def device_peak() -> float | None:
     """``peak_bytes_in_use`` of the default device (GPU/TPU), None where not reported (CPU)."""
     stats = jax.devices()[0].memory_stats()
@@ -140,7 +185,7 @@ def matmul_rate(sizes, repeats: int, min_time: float = 0.0, dtype=jnp.float32) -
     for s in sizes:
         A = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
         B = jax.device_put(rng.standard_normal((s, s)).astype(dtype))
-        t = time_call(lambda: _dot(A, B), repeats, min_time=min_time)
+        t = time_call(lambda A=A, B=B: _dot(A, B), repeats, min_time=min_time)
         rates[int(s)] = 2.0 * s**3 / t.median / 1e9
     return rates
 

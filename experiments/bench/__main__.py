@@ -13,12 +13,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import shlex
 import sys
 
-from experiments.bench import core, intmm, report
+from experiments.bench import intmm, layer_sizes, model, options, report, theory_timing
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -26,8 +24,8 @@ def _shape(text: str) -> tuple[int, int]:
     return int(N), int(n)
 
 
-def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
-    d = core.Options()
+def parse(argv=None) -> tuple[options.Options, argparse.Namespace]:
+    d = options.Options()
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["gptq", "intmm", "model"], default="gptq",
@@ -72,7 +70,7 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
     p.add_argument("--report-only", metavar="JSON", default=None,
                    help="measure nothing: re-derive and rewrite the outputs of a saved run")
     a = p.parse_args(argv)
-    opt = core.Options(
+    opt = options.Options(
         sizes=tuple(a.sizes), repeats=d.repeats if a.repeats is None else a.repeats,
         min_time=d.min_time if a.min_time is None else a.min_time,
         peers=tuple(x for x in a.peers if x != "none"), qwix_max_n=a.qwix_max_n,
@@ -89,11 +87,9 @@ def parse(argv=None) -> tuple[core.Options, argparse.Namespace]:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt, a = parse(argv)
-    argv = sys.argv[1:] if argv is None else argv
-    command = ("python -m experiments.bench " + " ".join(shlex.quote(x) for x in argv)).strip()
+    command = report.command_line("python -m experiments.bench", argv)
     note = a.note
     if a.only == "model":  # --bits, --block-size, --seed, --out and --note apply
-        from experiments.bench import model
 
         opt = model.Options(bits=a.bits, block_size=a.block_size, seed=a.seed)
         return model.cli(opt, a.out, command, note)
@@ -109,14 +105,12 @@ def main(argv=None) -> int:
         print("wrote " + ", ".join(paths))
         return 0
     if a.report_only:
-        with open(a.report_only) as f:
-            res = json.load(f)
-        command, note = res.pop("command"), note or res.pop("note", "")
-        res.pop("note", None)
-        core.derive(res["rows"], res["matmul"])
-        core.derive_theory(res["theory"])  # also fills the limits in on runs saved before them
+        res, command, note = report.load_run(a.report_only, note)
+        layer_sizes.derive(res["rows"], res["matmul"])
+        # also fills the limits in on runs saved before them
+        theory_timing.derive_theory(res["theory"])
     else:
-        res = core.run(opt, progress=lambda msg: print(msg, flush=True))
+        res = layer_sizes.run(opt, progress=lambda msg: print(msg, flush=True))
     paths = report.write(res, a.out, a.stem, command, note)
     print(report.markdown(res, command, note))
     print("wrote " + ", ".join(paths))

@@ -1,8 +1,9 @@
-"""Float64 flop counts of the timed `theory` functions: the theory table's "float64 limit".
+"""Flop counts: the machine limit of ptq (`optq_limit`, `qronos_limit`) and the float64 counts
+of the timed `theory` functions (`THEORY`, the theory table's "float64 limit").
 
-Each timed row of `experiments.bench.core.theory_times` has a count here, read from the code
-of ``theory/`` (X, X_hat (m, N), W (N, n); the benchmark has m = 2N, n = N). Classical counts,
-a multiply-add = 2 flops:
+Each timed row of `experiments.bench.theory_timing.theory_times` has a count here, read from
+the code of ``theory/`` (X, X_hat (m, N), W (N, n); the benchmark has m = 2N, n = N).
+Classical counts, a multiply-add = 2 flops:
 
 * general product (a, b) x (b, c) (BLAS gemm): ``2 a b c``;
 * Gram ``X^T X`` (NumPy's ``X.T @ X`` runs BLAS syrk, one triangle): ``m N^2``;
@@ -24,7 +25,21 @@ returns after the column norms).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+def optq_limit(m: int, N: int, n: int) -> float:
+    """Flops counted in the machine limit of ptq.optq from X (the layer-size benchmark's
+    float32 limit): updates ``n N^2`` + symmetric Gram ``m N^2``."""
+    return float(n * N * N + m * N * N)
+
+
+def qronos_limit(m: int, N: int, n: int) -> float:
+    """Flops counted in Qronos' own limit: OPTQ's (`optq_limit`, on X_hat) + the cross Gram
+    ``X_hat^T X`` (a general product, ``2 m N^2``) + ``G W`` (``2 N^2 n``) + the two
+    triangular solves of the least-squares start (``2 N^2 n``): ``3 m N^2 + 5 n N^2``."""
+    return optq_limit(m, N, n) + 2.0 * m * N * N + 4.0 * n * N * N
 
 
 def gemm(a: int, b: int, c: int) -> float:
@@ -138,7 +153,7 @@ class Count(NamedTuple):
     formula: str
 
 
-# Keyed by the row names of `core.theory_times` (also those of saved runs).
+# Keyed by the row names of `theory_timing.theory_times` (also those of saved runs).
 THEORY: dict[str, Count] = {
     "float64 matmul (N, N) x (N, N)": Count(square_matmul, "2 N^3"),
     "factorise(X)": Count(factorise, "m N^2 + N^3/3 + 2mN"),

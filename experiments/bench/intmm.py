@@ -30,7 +30,6 @@ Frobenius difference of the output from the float32 one (what the quantization c
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -40,6 +39,9 @@ import numpy as np
 import pandas as pd
 
 from experiments import timing
+from experiments.bench.report import md_table, write_md_json
+from experiments.figures import style
+from ptq.pack import pack_bits
 
 # (N, n) of every distinct linear layer shape: MiniLM (q/k/v/o, intermediate, output), then
 # SmolLM2 (q/o, k/v, gate/up, down).
@@ -53,7 +55,7 @@ VARIANTS = ("float32", "int8_dot", "int8", "int4", "int4_int8")
 SEED_CLAIMS = {"int8": {"time_saved_pct": 40.0, "speedup": 2.4},
                "int4": {"time_saved_pct": 60.0, "speedup": 3.0}}
 HIGHEST = jax.lax.Precision.HIGHEST
-_INT32 = dict(preferred_element_type=jnp.int32)
+_INT32 = {"preferred_element_type": jnp.int32}
 _DIMS = (((1,), (0,)), ((), ()))  # contract X's axis 1 with W's axis 0
 
 
@@ -113,8 +115,6 @@ def int4_int8(X, qweight, zero, scale):
 
 def weights(W: np.ndarray) -> dict:
     """The quantized forms of W: int8 symmetric per column, GPTQ 4-bit min-max per column."""
-    from ptq.pack import pack_bits
-
     a = np.abs(W).max(axis=0)
     sw = np.where(a > 0, a / 127, 1).astype(np.float32)
     Wq = np.clip(np.round(W / sw), -127, 127).astype(np.int8)
@@ -219,8 +219,6 @@ def summary(rows: list[dict]) -> pd.DataFrame:
 
 
 def markdown(res: dict, command: str) -> str:
-    from experiments.bench.report import md_table
-
     df = pd.DataFrame(res["rows"])
     table = []
     for (model, N, n, m), d in df.groupby(["model", "N", "n", "batch"], sort=False):
@@ -235,8 +233,8 @@ def markdown(res: dict, command: str) -> str:
         "# INT8 / INT4 weight matmuls against float32\n",
         f"Command: `{command}`\n",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in res["env"].items()) + "\n",
-        "Speedup = median float32 time / median time of the variant (same process, same "
-        "inputs); > 1 is faster. Variants: see `experiments/bench/intmm.py`.\n",
+        ("Speedup = median float32 time / median time of the variant (same process, same "
+         "inputs); > 1 is faster. Variants: see `experiments/bench/intmm.py`.\n"),
         md_table(table),
         "Geometric mean of the speedup over the shapes:\n",
         md_table(geo, [("batch", "batch")] + [(v, v) for v in VARIANTS[1:]]),
@@ -246,8 +244,6 @@ def markdown(res: dict, command: str) -> str:
 
 
 def figure(res: dict, out_dir: str) -> list[str]:
-    from experiments.figures import style
-
     df = pd.DataFrame(res["rows"])
     batches = sorted(df.batch.unique())
     fig, axes = style.figure(ncols=len(batches), width=3.2, height=3.3, sharey=True)
@@ -280,15 +276,11 @@ def figure(res: dict, out_dir: str) -> list[str]:
 
 def write(res: dict, out_dir: str, command: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
+
     paths = figure(res, out_dir)  # intmm.png, .pdf and .csv (every row)
-    md = os.path.join(out_dir, "intmm.md")
-    with open(md, "w") as f:
-        f.write(markdown(res, command))
-    js = os.path.join(out_dir, "intmm.json")
-    with open(js, "w") as f:
-        json.dump({**res, "command": command}, f, indent=1, default=str)
-    return paths + [md, js]
+    return paths + write_md_json(os.path.join(out_dir, "intmm"), markdown(res, command),
+                                 {**res, "command": command})
 
 
-__all__ = ["BATCHES", "Options", "SHAPES", "VARIANTS", "measure", "run", "summary", "unpack4",
+__all__ = ["BATCHES", "SHAPES", "VARIANTS", "Options", "measure", "run", "summary", "unpack4",
            "weights", "write"]

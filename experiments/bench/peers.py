@@ -27,22 +27,23 @@ from typing import Any, NamedTuple
 import numpy as np
 
 
-def torch_missing() -> str | None:
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed (optional: pip install -e '.[bench]')"
+def _missing(package: str) -> str | None:
+    """Why ``package`` (an optional extra) cannot be used, or None."""
+    if importlib.util.find_spec(package) is None:
+        return f"{package} is not installed (optional: pip install -e '.[bench]')"
     return None
+
+
+def torch_missing() -> str | None:
+    return _missing("torch")
 
 
 def qwix_missing() -> str | None:
-    if importlib.util.find_spec("qwix") is None:
-        return "qwix is not installed (optional: pip install -e '.[bench]')"
-    return None
+    return _missing("qwix")
 
 
 def brevitas_missing() -> str | None:
-    if importlib.util.find_spec("brevitas") is None:
-        return "brevitas is not installed (optional: pip install -e '.[bench]')"
-    return None
+    return _missing("brevitas")
 
 
 # ----------------------------------------------------------------------------- torch GPTQ
@@ -264,7 +265,7 @@ def brevitas_qronos(X, X_hat, W_rows, *, bits: int = 4, percdamp: float = 0.01,
     ``Hh^{-1}``) and runs GPTQ's lazy-block loop with ``chol(Hh_{>1}^{-1})``. Differs from
     ptq's ``z_1 = w_1 + ((G - Hh) w)_1 / Hh_11`` only in leaving lam out of ``z_1``, an
     O(lam / ||x_hat_1||^2) relative change to the correction;
-    `experiments.bench.core.brevitas_agreement` measures both variants against it.
+    `experiments.bench.agreement.brevitas_agreement` measures both variants against it.
 
     Args:
       X, X_hat: (m, N) torch float tensors (float32 or float64: the layer and Brevitas'

@@ -16,7 +16,7 @@ import jax
 import pandas as pd
 import pytest
 
-from experiments.bench import core, flops, peers, report
+from experiments.bench import Options, flops, layer_sizes, peer_timing, peers, report, run
 from experiments.bench.__main__ import main
 
 SIZES = (64, 128)
@@ -60,7 +60,7 @@ def test_main_table_well_formed(cli_run):
     assert (df["limit_s"] > df["chol_s"]).all()
     assert (df["limit_flops"] == df["n"] * df["N"] ** 2 + df["m"] * df["N"] ** 2).all()
     assert (df["optq_over_limit"] == df["optq_s"] / df["limit_s"]).all()
-    for order in core.OTHER_ORDERS:
+    for order in layer_sizes.OTHER_ORDERS:
         assert (df[f"optq_{order}_over_natural"] == df[f"optq_{order}_s"] / df["optq_s"]).all()
     # No peers were asked for: no peer columns.
     assert not any(c.startswith(("torch", "qwix", "brevitas")) for c in df.columns)
@@ -137,9 +137,9 @@ def test_report_only_fills_theory_limits_of_old_runs(cli_run, tmp_path):
 
 def test_skipped_peer_is_reported(monkeypatch, float32):
     monkeypatch.setattr(peers, "torch_missing", lambda: "torch is not installed (test)")
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(),
+    opt = Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(),
                        check_n=64, theory_n=None)
-    res = core.run(opt)
+    res = run(opt)
     assert res["skipped"]["torch"] == "torch is not installed (test)"
     assert "torch_s" not in res["rows"][0] and res["agreement"] == []
     assert "torch is not installed (test)" in report.markdown(res, "cmd", "")
@@ -148,9 +148,9 @@ def test_skipped_peer_is_reported(monkeypatch, float32):
 def test_torch_peer_and_agreement(tmp_path, float32):
     if why := peers.torch_missing():
         pytest.skip(why)
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(),
+    opt = Options(sizes=(64,), repeats=1, min_time=0.0, peers=("torch",), sweep_sizes=(),
                        check_n=64, theory_n=None)
-    res = core.run(opt)
+    res = run(opt)
     paths = report.write(res, str(tmp_path), "t", "cmd")
     assert all(tmp_path.joinpath(p.split("/")[-1]).exists() for p in paths)
     for row in res["rows"]:
@@ -174,9 +174,9 @@ def test_torch_peer_and_agreement(tmp_path, float32):
 def test_qwix_peer(float32):
     if why := peers.qwix_missing():
         pytest.skip(why)
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("qwix",), sweep_sizes=(),
+    opt = Options(sizes=(64,), repeats=1, min_time=0.0, peers=("qwix",), sweep_sizes=(),
                        check_n=0, theory_n=None)
-    row = core.run(opt)["rows"][0]
+    row = run(opt)["rows"][0]
     assert row["qwix_s"] > 0 and row["qwix_first_s"] > 0 and math.isfinite(row["qwix_over_optq"])
 
 
@@ -184,8 +184,8 @@ def test_qwix_peer(float32):
 def test_slow_peer_skip_rules(float32, peer):
     """Above the peer's max_n, or predicted over its budget, it is skipped with the reason
     (nothing is run)."""
-    opt = core.Options(**{f"{peer}_max_n": 100, f"{peer}_budget_s": 1.0})
-    measure = getattr(core, f"measure_{peer}")
+    opt = Options(**{f"{peer}_max_n": 100, f"{peer}_budget_s": 1.0})
+    measure = getattr(peer_timing, f"measure_{peer}")
     row: dict = {}
     measure(128, {}, opt, row, [])
     assert row[f"{peer}_note"].startswith(f"skipped: N > {peer}_max_n")
@@ -198,9 +198,9 @@ def test_brevitas_peer_and_agreement(tmp_path, float32):
     """Brevitas' Qronos is timed, reported, and does the same work as ptq.qronos "paper"."""
     if why := peers.brevitas_missing():
         pytest.skip(why)
-    opt = core.Options(sizes=(64,), repeats=1, min_time=0.0, peers=("brevitas",),
+    opt = Options(sizes=(64,), repeats=1, min_time=0.0, peers=("brevitas",),
                        sweep_sizes=(), check_n=64, theory_n=None)
-    res = core.run(opt)
+    res = run(opt)
     row = res["rows"][0]
     assert row["brevitas_qronos_s"] > 0 and row["brevitas_update_s"] > 0
     assert math.isfinite(row["brevitas_over_qronos"])

@@ -3,7 +3,6 @@ asserted: the numbers live in figures/intmm.*); its integer paths compute what t
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments import timing
 from experiments.bench import model as bm
-from experiments.bench import peers
+from experiments.bench import model_report, peers, whole_model
 from experiments.bench.__main__ import parse
 
 
@@ -36,7 +37,7 @@ def _needs_model():
 def tiny_run(tmp_path_factory):
     """One run of both parts through the module's command line, float32 as benchmarked."""
     _needs_model()
-    methods = bm.METHODS if peers.torch_missing() is None else ("optq", "qronos")
+    methods = whole_model.METHODS if peers.torch_missing() is None else ("optq", "qronos")
     out = tmp_path_factory.mktemp("bench_model")
     x64 = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", False)
@@ -74,7 +75,7 @@ def test_files_and_tables(tiny_run):
                     "Command: `python -m experiments"):
         assert heading in text, heading
     res = pd.read_json(out / "bench_model.json", typ="series")
-    blocks = bm.per_block(res["layers"])
+    blocks = model_report.per_block(res["layers"])
     assert [b["blocks"] for b in blocks] == [2] * len(methods)
     for b, (_, row) in zip(blocks, model.iterrows()):  # the blocks add up to the quantizer time
         assert b["sum_s"] == pytest.approx(row["quantizer_s"], rel=1e-9)
@@ -122,19 +123,19 @@ def test_torch_quantizer_on_one_layer(float32):
     W = rng.standard_normal((96, 40), dtype=np.float32)
     grid = ptq.Grid.fit(W, 4, kind="asymmetric", per="neuron")
     o = make_options("optq", 4)
-    res = bm.torch_quantizer(o, X, X, W, grid)
+    res = whole_model.torch_quantizer(o, X, X, W, grid)
     assert res.Q.shape == (96, 40) and res.grid is grid
-    codes, off, in_range = bm.grid_codes(res.Q, grid)
+    codes, off, in_range = whole_model.grid_codes(res.Q, grid)
     assert in_range and off < 1e-4  # float32 step * (code - zero): a few ulps off the grid
     ref = quantize_layer(o, X, X, W, grid)
     assert np.mean(codes == np.asarray(ref.codes)) >= 0.99
     assert res.lam == pytest.approx(float(ref.lam), rel=1e-5)  # both: 0.01 mean(diag(X^T X))
     with pytest.raises(ValueError, match="torch GPTQ runs only"):
-        bm.torch_quantizer(make_options("optq", 4, order="decreasing_norm"), X, X, W, grid)
+        whole_model.torch_quantizer(make_options("optq", 4, order="decreasing_norm"), X, X, W, grid)
 
 
 def test_peak_rss_counts_an_allocation():
-    seconds, peak, base = bm.peak_rss(lambda: np.ones(2**24).sum())  # 128 MiB of float64
+    seconds, peak, base = timing.peak_rss(lambda: np.ones(2**24).sum())  # 128 MiB of float64
     assert seconds > 0 and base > 0
     assert peak >= 100 * 2**20
 
