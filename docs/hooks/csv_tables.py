@@ -12,8 +12,8 @@ this order (every step optional except `columns`):
 1. ``query``: keep the rows matching a pandas query (``"bits == 3 and checked"``).
 2. ``by`` + ``agg``: group by these columns (first-appearance order) and aggregate the others
    named in ``agg``: a function name for all of them or ``{column: name}``; names are
-   median, mean, min, max, sum, count, first, gmean (geometric mean) and median_range (the
-   median, followed by ``[min, max]`` when those differ).
+   median, mean, min, max, sum, count, nunique, first, gmean (geometric mean) and
+   median_range (the median, followed by ``[min, max]`` when those differ).
 3. ``scale``: ``{column: factor}`` multiplies a numeric column (bytes -> MB).
 4. ``fmt`` / ``round``: a format spec for the numbers (``".4g"``), for all columns or
    ``{column: spec}``; ``round=n`` is ``".{n}f"``. Integers print as integers.
@@ -46,7 +46,8 @@ import numpy as np
 import pandas as pd
 
 MARKER = re.compile(r"\{\{\s*(csv_(?:table|value)\s*\(.*?\))\s*\}\}", re.DOTALL)
-AGGREGATES = ("median", "mean", "min", "max", "sum", "count", "first", "gmean", "median_range")
+AGGREGATES = ("median", "mean", "min", "max", "sum", "count", "nunique", "first", "gmean",
+              "median_range")
 
 
 class TableError(ValueError):
@@ -91,6 +92,11 @@ def _gmean(s: pd.Series) -> float:
     return float(np.exp(np.log(s.astype(float)).mean()))
 
 
+def _reducer(name: str):
+    """A function pandas' Series.agg and GroupBy.agg both accept, for an aggregate's name."""
+    return {"gmean": _gmean, "first": lambda s: s.iloc[0]}.get(name, name)
+
+
 def _aggregate(df, path, by, agg):
     by = _as_list(by)
     if isinstance(agg, str):
@@ -106,7 +112,7 @@ def _aggregate(df, path, by, agg):
     for column, name in agg.items():
         funcs = ["median", "min", "max"] if name == "median_range" else [name]
         for func in funcs:
-            f = _gmean if func == "gmean" else func
+            f = _reducer(func)
             key = column if func == funcs[0] else f"{column}_{func}"
             out[key] = groups[column].agg(f) if by else pd.Series([df[column].agg(f)])
         if name == "median_range":
@@ -222,7 +228,7 @@ def csv_value(root, path, column, *, query=None, agg=None, fmt=None, round=None,
                              f"(query {query!r}); narrow the query or give agg")
         value = df[column].iloc[0]
     elif agg in AGGREGATES and agg != "median_range":
-        value = _gmean(df[column]) if agg == "gmean" else df[column].agg(agg)
+        value = df[column].agg(_reducer(agg))
     else:
         raise TableError(f"{path}: unknown aggregate {agg!r} for csv_value of {column!r}")
     return _format_number(value, _spec(fmt, round, column))
