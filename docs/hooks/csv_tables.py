@@ -19,7 +19,8 @@ this order (every step optional except `columns`):
    ``{column: spec}``; ``round=n`` is ``".{n}f"``. Integers print as integers.
 5. ``ranges``: ``{column: [low, high]}`` prints ``value [low, high]`` (the value alone when the
    two bounds print the same).
-6. ``labels``: ``{column: {printed value: label}}`` renames values (``{"config": {"optq": "OPTQ"}}``).
+6. ``labels``: ``{column: {printed value: label}}`` renames values
+   (``{"config": {"optq": "OPTQ"}}``).
 7. ``cells``: ``{new column: "template"}`` builds a column from the printed ones
    (``"{in_memory} / {reloaded}"``).
 8. ``pivot``: ``{"index": column(s), "columns": column, "values": column(s)}``: one row per
