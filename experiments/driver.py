@@ -251,12 +251,40 @@ def quantize_model(model: Model, options: Options, batch, *,
     records: list[dict] = []
     bar = tqdm(total=len(names), desc=f"{model.name} {o.algorithm} {o.bits}b", unit="layer",
                disable=not progress, leave=False)
-    h_fp = h_q = model.embed(params, batch)
     # Once a cache holds every layer's full-precision inputs, the full-precision copy of the
     # model is not run at all: only the quantized one advances.
     fp_needed = cache is None or not cache.complete
+    for i, kinds, x_fp, x_q in lockstep(model, params, qblocks, batch, run_fp=fp_needed):
+        X_hat = model.rows(batch, x_q)
+        X = _fp_inputs(model, batch, cache, model.layer_name(i, kinds[0]), x_fp)
+        for kind in kinds:
+            name = model.layer_name(i, kind)
+            if name == stop_at:
+                bar.close()
+                return X_hat
+            rec = _quantize_one(layer_options[name], model, i, kind, len(records), X, X_hat,
+                                params["blocks"][i][kind], qblocks[i], base, cache, on_layer,
+                                quantizer or quantize_layer)
+            records.append(rec)
+            bar.update()
+    bar.close()
+    if cache is not None:
+        cache.complete = True
+    return records, {**params, "blocks": qblocks}
+
+
+def lockstep(model: Model, params: dict, qblocks: list[dict], batch, *, run_fp: bool = True):
+    """Run the model with ``params`` and its copy with blocks ``qblocks`` in lockstep.
+
+    Yields ``(i, kinds, x_fp, x_q)`` at every stop of block ``i`` (`experiments.models`): the
+    input of layers ``kinds`` under the full-precision model (None when ``run_fp`` is False:
+    that copy is not run) and under the copy. Before the walk resumes the caller may replace
+    ``qblocks[i][kind]`` (quantized, scaled ...): everything after that stop runs on it, in
+    the copy only (GPTQ's sequential mode). Both copies share the embedding of ``params``.
+    """
+    h_fp = h_q = model.embed(params, batch)
     for i in range(model.n_blocks):
-        fp_stages = model.block(params["blocks"][i], h_fp, batch) if fp_needed else None
+        fp_stages = model.block(params["blocks"][i], h_fp, batch) if run_fp else None
         q_stages = model.block(qblocks[i], h_q, batch)
         while True:
             try:
@@ -267,22 +295,7 @@ def quantize_model(model: Model, options: Options, batch, *,
                     h_fp = _finish(fp_stages)
                 break
             x_fp = None if fp_stages is None else _next_stage(fp_stages, kinds)
-            X_hat = model.rows(batch, x_q)
-            X = _fp_inputs(model, batch, cache, model.layer_name(i, kinds[0]), x_fp)
-            for kind in kinds:
-                name = model.layer_name(i, kind)
-                if name == stop_at:
-                    bar.close()
-                    return X_hat
-                rec = _quantize_one(layer_options[name], model, i, kind, len(records), X, X_hat,
-                                    params["blocks"][i][kind], qblocks[i], base, cache, on_layer,
-                                    quantizer or quantize_layer)
-                records.append(rec)
-                bar.update()
-    bar.close()
-    if cache is not None:
-        cache.complete = True
-    return records, {**params, "blocks": qblocks}
+            yield i, kinds, x_fp, x_q
 
 
 def _layer_options(o: Options, names: list[str], overrides: Mapping[str, Mapping]) -> dict:

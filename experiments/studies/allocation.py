@@ -70,7 +70,7 @@ from experiments import records
 from experiments.figures import allocation as figures
 from experiments.measure import record_run
 from experiments.studies import checkpoint as ck
-from experiments.studies import qat
+from experiments.studies import qat, qat_training
 from experiments.studies.checkpoint import Collector
 from experiments.study import StudyCommand, load_sizes
 from ptq.pack import FLOAT16_REL
@@ -220,8 +220,8 @@ def distillation_loss(model, batch):
     """``params -> L``: QAT's loss on ``batch``, ``sum ||h_6 - h_6^fp||^2 / sum ||h_6^fp||^2``."""
     import jax
 
-    target = jax.jit(lambda p, b: qat._hidden(model, p, b))(model.params, batch)
-    errors = jax.jit(lambda p, b, t: qat._sq_errors(model, p, b, t))
+    target = jax.jit(lambda p, b: qat_training.hidden(model, p, b))(model.params, batch)
+    errors = jax.jit(lambda p, b, t: qat_training.sq_errors(model, p, b, t))
 
     def loss(params) -> float:
         num, den = errors(params, batch, target)

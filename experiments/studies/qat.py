@@ -3,14 +3,15 @@
     python -m experiments.studies.qat                        # default size, records in runs/default/qat
     python -m experiments.studies.qat --size smoke           # what CI runs (under a minute)
     python -m experiments.studies.qat --size full            # longer QAT schedule, every scale variant
-    python -m experiments.studies.qat --size default sizes.default.train.steps=80   # Hydra overrides
+    python -m experiments.studies.qat --size default sizes.default.train.steps=80   # dot-list overrides
 
-The sizes are the Hydra preset ``conf/study/qat.yaml``. One record per (method, bits, seed):
+The sizes are ``conf/study/qat.yaml``. One record per (method, bits, seed):
 
 * ``rtn``, ``optq``, ``qronos``: the sequential driver (`experiments.driver`, RTN
   layer by layer without data) on GPTQ's asymmetric min-max grid per output channel, as the
   practical pass of the MiniLM study.
-* ``qat_rtn``, ``qat_optq``, ``qat_qronos``: quantization-aware training (`train`), the
+* ``qat_rtn``, ``qat_optq``, ``qat_qronos``: quantization-aware training
+  (`experiments.studies.qat_training.train`), the
   latent weights initialised from the full-precision weights (QAT from RTN: its first forward
   is RTN) or from what PTQ rounded (PTQ then QAT: ``z = Q + e``, each weight's value when
   OPTQ / Qronos rounded it, so the first forward is the PTQ model; `run_ptq`); the grid is the one PTQ used, fixed
@@ -61,19 +62,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm.auto import tqdm
 
 import ptq
 from experiments import console_logging
 from experiments import driver as qm
-from experiments.timing import peak_memory
 from experiments.figures import qat as figures
-from experiments.models import run_block
 from experiments.models.minilm import MiniLM, activations, text
 from experiments.studies.minilm import heldout_cosine
+from experiments.studies.qat_training import TrainResult, check_on_grid, train
 from experiments.study import Study
 from experiments.study import load_sizes as study_sizes
+from experiments.timing import peak_memory
 from ptq import qat as fq
 
 log = logging.getLogger(__name__)
@@ -186,206 +185,6 @@ def _ptq_cached(algorithm: str, bits: int, tokens: int, seed: int):
     return _measured(lambda: run_ptq(model, algorithm, bits, calibration(tokens, seed)))
 
 
-# --------------------------------------------------------------------------- QAT
-class _Batch(NamedTuple):  # the calibration rows of one step (ids, mask (b, L)), a pytree
-    ids: jax.Array
-    mask: jax.Array
-
-
-class TrainResult(NamedTuple):
-    params: dict  # the model's params with every linear layer's W replaced by Q (on the grid)
-    grids: dict  # layer name -> the final ptq.Grid (LSQ: the learned step)
-    losses: np.ndarray  # (steps,) mini-batch loss at each step, before its update
-    loss_initial: float  # the loss on the whole calibration batch before training ...
-    loss_final: float  # ... and after (the projected weights)
-    grad_norms: dict  # layer name -> ||dL/dv|| at the first step (every layer gets a gradient)
-    codes_changed: float  # fraction of weights whose integer code differs from the start's
-
-
-def _names(model):
-    return [[model.layer_name(i, k) for k in model.kinds] for i in range(model.n_blocks)]
-
-
-def _student(model, frozen, latent, grids, lsq: bool):
-    """The model params with every linear layer fake-quantized from its latent weights.
-
-    ``w = step * v`` (v in grid steps); with LSQ the step is ``s = step * (1 + u / Q_P)``,
-    ``u`` learned from 0, so that an update of ``lr`` to ``u`` moves the grid's outermost
-    level by about ``lr`` steps, as an update of ``v`` moves a weight (with Adam the LSQ
-    gradient scale ``g`` changes little besides, Adam being invariant to a gradient's scale).
-    ``frozen``, ``latent`` and ``grids`` are arguments of the jitted step, never constants.
-    """
-    blocks = []
-    for i, p in enumerate(frozen["blocks"]):
-        q = dict(p)
-        for k in model.kinds:
-            g = grids[i][k]
-            w = latent["v"][i][k] * g.step
-            if lsq:
-                g_scale = fq.lsq_grad_scale(g, w.shape[0])
-                q[k] = (fq.lsq_quant(w, _lsq_step(g, latent["u"][i][k]), g, g_scale), p[k][1])
-            else:
-                q[k] = (fq.fake_quant(w, g), p[k][1])
-        blocks.append(q)
-    return {**frozen, "blocks": blocks}
-
-
-def _lsq_step(g: ptq.Grid, u):
-    return g.step * (1.0 + u / (g.qmax - g.qmin))
-
-
-def _hidden(model, params, batch):
-    h = model.embed(params, batch)
-    for p in params["blocks"]:
-        h = run_block(model, p, h, batch)
-    return h
-
-
-def _sq_errors(model, params, batch, target):
-    """``(sum_tokens ||h - target||^2, sum_tokens ||target||^2)`` over a batch's tokens."""
-    m = batch.mask.astype(target.dtype)[..., None]
-    return jnp.sum(m * (_hidden(model, params, batch) - target) ** 2), jnp.sum(m * target**2)
-
-
-@functools.lru_cache(maxsize=8)
-def _step_fns(model, lsq: bool, lr: float, steps: int):
-    """The jitted training step, teacher and loss, compiled once per (model, mode, schedule)
-    and mini-batch shape (fixed: ``batch_size`` rows of the padded length)."""
-    opt = optax.adam(optax.cosine_decay_schedule(lr, steps))
-
-    def loss_of(lat, fr, gt, b, t):
-        num, den = _sq_errors(model, _student(model, fr, lat, gt, lsq), b, t)
-        return num / den
-
-    @jax.jit
-    def step(lat, state, fr, gt, b, t):
-        loss, grad = jax.value_and_grad(loss_of)(lat, fr, gt, b, t)
-        updates, state = opt.update(grad, state, lat)
-        return optax.apply_updates(lat, updates), state, loss, grad
-
-    teacher = jax.jit(lambda fr, b: _hidden(model, fr, b))
-    errors = jax.jit(lambda pr, b, t: _sq_errors(model, pr, b, t))
-    return step, teacher, errors, opt.init
-
-
-def _chunks(batch, size: int) -> list[_Batch]:
-    """The rows of ``batch`` in mini-batches of exactly ``size`` rows (the last one filled
-    with empty rows, mask 0, which no loss term sees), so one compiled shape serves all."""
-    ids, mask = np.asarray(batch.ids), np.asarray(batch.mask)
-    out = []
-    for i in range(0, ids.shape[0], size):
-        r_ids, r_mask = ids[i: i + size], mask[i: i + size]
-        pad = size - r_ids.shape[0]
-        if pad:
-            r_ids = np.concatenate([r_ids, np.repeat(r_ids[:1], pad, axis=0)])
-            r_mask = np.concatenate([r_mask, np.zeros((pad, mask.shape[1]), mask.dtype)])
-        out.append(_Batch(jnp.asarray(r_ids), jnp.asarray(r_mask)))
-    return out
-
-
-def train(model, batch, init: dict, grids: dict, *, steps: int, lr: float, batch_size: int,
-          seed: int = 0, lsq: bool = False, progress: bool | None = None) -> TrainResult:
-    """Quantization-aware training of every linear layer by distillation (module docstring).
-
-    Args:
-      model: an adapter (`experiments.models`); ``model.params`` is the teacher and supplies
-        everything that is not a linear layer's weight (embeddings, biases, norms: frozen).
-      batch: the calibration batch (``ids``, ``mask`` (B, L)); each step takes ``batch_size``
-        of its rows, in epochs of a shuffle seeded by ``seed``.
-      init: layer name -> (N, n) initial latent weights (W for QAT from RTN, the PTQ ``Q``).
-      grids: layer name -> `ptq.Grid` (per channel), the grid of the fake quantization.
-      steps: Adam updates (>= 1). lr: peak learning rate in grid steps (> 0), cosine decay.
-      lsq: learn the steps (LSQ) besides the weights.
-      progress: a tqdm bar with the loss (None: only on a terminal).
-
-    Returns:
-      `TrainResult`: the projected weights (on the grid, checked by `ptq.qat.project`), the
-      final grids, the per-step mini-batch losses, the whole-batch loss before and after, and
-      the gradient norm of every layer's latent weights at the first step.
-    """
-    B = batch.ids.shape[0]
-    checks = (("steps", steps, "an integer >= 1", isinstance(steps, int) and steps >= 1),
-              ("lr", lr, "a number > 0", isinstance(lr, (int, float)) and lr > 0),
-              ("batch_size", batch_size, f"an integer in [1, {B}] (calibration rows)",
-               isinstance(batch_size, int) and 1 <= batch_size <= B))
-    for name, v, expected, ok in checks:
-        if isinstance(v, bool) or not ok:
-            raise ValueError(f"`{name}` must be {expected}; got {v!r}")
-    names = _names(model)
-    if set(init) != {n for row in names for n in row} or set(grids) != set(init):
-        raise ValueError(f"`init` and `grids` must have one entry per linear layer "
-                         f"({sum(map(len, names))}); got {len(init)} and {len(grids)}")
-    frozen = model.params
-    g_tree = [{k: grids[n] for k, n in zip(model.kinds, row)} for row in names]
-    latent = {"v": [{k: jnp.asarray(init[n], jnp.float32) / grids[n].step
-                     for k, n in zip(model.kinds, row)} for row in names]}
-    if lsq:
-        latent["u"] = [{k: jnp.zeros_like(grids[n].step) for k, n in zip(model.kinds, row)}
-                       for row in names]
-    step, teacher, errors, opt_init = _step_fns(model, lsq, float(lr), steps)
-    rows = _chunks(batch, batch_size)
-    targets = [teacher(frozen, b) for b in rows]
-
-    def whole_loss(params):
-        num, den = zip(*(errors(params, b, t) for b, t in zip(rows, targets)))
-        return float(sum(num) / sum(den))
-
-    loss_initial = whole_loss(_student(model, frozen, latent, g_tree, lsq))
-    state = opt_init(latent)
-    rng = np.random.default_rng(seed)
-    ids, mask = np.asarray(batch.ids), np.asarray(batch.mask)
-    target_all = np.concatenate([np.asarray(t) for t in targets])  # (chunks * size, L, D)
-    order: list[int] = []
-    losses = np.empty(steps)
-    grad_norms: dict = {}
-    bar = tqdm(range(steps), desc=f"{model.name} QAT", unit="step",
-               disable=None if progress is None else not progress, leave=False)
-    for t in bar:
-        while len(order) < batch_size:
-            order += list(rng.permutation(B))
-        idx, order = np.asarray(order[:batch_size]), order[batch_size:]
-        b = _Batch(jnp.asarray(ids[idx]), jnp.asarray(mask[idx]))
-        latent, state, loss, grad = step(latent, state, frozen, g_tree, b,
-                                         jnp.asarray(target_all[idx]))
-        losses[t] = float(loss)
-        if t == 0:
-            grad_norms = {n: float(jnp.linalg.norm(grad["v"][i][k]))
-                          for i, row in enumerate(names) for k, n in zip(model.kinds, row)}
-            if lsq:
-                grad_norms.update({f"{n}/step": float(jnp.linalg.norm(grad["u"][i][k]))
-                                   for i, row in enumerate(names)
-                                   for k, n in zip(model.kinds, row)})
-        bar.set_postfix(loss=f"{losses[t]:.4g}")
-    bar.close()
-    blocks, final = [], {}
-    changed = total = 0
-    for i, (p, row) in enumerate(zip(frozen["blocks"], names)):
-        q = dict(p)
-        for k, n in zip(model.kinds, row):
-            g = grids[n]
-            if lsq:
-                g = g._replace(step=_lsq_step(g, latent["u"][i][k]))
-            q[k] = (fq.project(latent["v"][i][k] * grids[n].step, g), p[k][1])
-            final[n] = g
-            # the start's codes (RTN of W, or the PTQ codes) against the final ones
-            changed += int(jnp.sum(grids[n].codes(init[n]) != g.codes(q[k][0])))
-            total += q[k][0].size
-        blocks.append(q)
-    params = {**frozen, "blocks": blocks}
-    return TrainResult(params, final, losses, loss_initial, whole_loss(params), grad_norms,
-                       changed / total)
-
-
-def check_on_grid(params, grids: dict, model) -> None:
-    """Raise unless every linear layer's weights lie on their grid (the final QAT weights)."""
-    for i, p in enumerate(params["blocks"]):
-        for k in model.kinds:
-            n = model.layer_name(i, k)
-            ok = grids[n].on_grid(p[k][0], rtol=1e-6)
-            if not bool(jnp.all(ok)):
-                raise RuntimeError(f"{n}: {int(ok.size - jnp.sum(ok))} weights off the grid")
-
-
 # --------------------------------------------------------------------------- output scales
 @functools.partial(jax.jit, static_argnames=("kind", "per"))
 def _scale_layer(X, X_hat, W, Q, kind, per):
@@ -409,30 +208,16 @@ def apply_scales(model, params, batch, kind: str, per: str) -> tuple[dict, list[
     fp = model.params
     qblocks = [dict(p) for p in params["blocks"]]
     layers = []
-    h_fp = h_q = model.embed(fp, batch)
-    for i in range(model.n_blocks):
-        fp_stages = model.block(fp["blocks"][i], h_fp, batch)
-        q_stages = model.block(qblocks[i], h_q, batch)
-        while True:
-            try:
-                kinds, x_fp = next(fp_stages)
-            except StopIteration as done:
-                h_fp = done.value
-                try:
-                    next(q_stages)
-                except StopIteration as q_done:
-                    h_q = q_done.value
-                break
-            _, x_q = next(q_stages)
-            X, X_hat = (jnp.asarray(model.rows(batch, x)) for x in (x_fp, x_q))
-            for k in kinds:
-                Q, b = qblocks[i][k]
-                c, errs = _scale_layer(X, X_hat, fp["blocks"][i][k][0], Q, kind, per)
-                qblocks[i][k] = (Q * c, b)
-                c = np.asarray(c)
-                layers.append({"name": model.layer_name(i, k), "scale_mean": float(c.mean()),
-                               "scale_min": float(c.min()), "scale_max": float(c.max()),
-                               "rel_err": {n: float(e) for n, e in errs.items()}})
+    for i, kinds, x_fp, x_q in qm.lockstep(model, fp, qblocks, batch):
+        X, X_hat = (jnp.asarray(model.rows(batch, x)) for x in (x_fp, x_q))
+        for k in kinds:
+            Q, b = qblocks[i][k]
+            c, errs = _scale_layer(X, X_hat, fp["blocks"][i][k][0], Q, kind, per)
+            qblocks[i][k] = (Q * c, b)
+            c = np.asarray(c)
+            layers.append({"name": model.layer_name(i, k), "scale_mean": float(c.mean()),
+                           "scale_min": float(c.min()), "scale_max": float(c.max()),
+                           "rel_err": {n: float(e) for n, e in errs.items()}})
     return {**params, "blocks": qblocks}, layers
 
 

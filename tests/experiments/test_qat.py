@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.studies import qat
 from experiments.models.minilm import weights
+from experiments.studies import qat, qat_training
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +52,16 @@ def _init(params, model):
 @pytest.mark.parametrize("lsq", [False, True])
 def test_fake_quantized_forward_equals_the_ptq_forward(model, batch, lsq):
     grids = qat.layer_grids(model, 3)
-    names = qat._names(model)
+    names = qat_training.layer_names(model)
     g_tree = [{k: grids[n] for k, n in zip(model.kinds, row)} for row in names]
     latent = {"v": [{k: model.params["blocks"][i][k][0] / grids[n].step
                      for k, n in zip(model.kinds, row)} for i, row in enumerate(names)]}
     if lsq:
         latent["u"] = [{k: jnp.zeros_like(grids[n].step) for k, n in zip(model.kinds, row)}
                        for row in names]
-    b = qat._Batch(jnp.asarray(batch.ids), jnp.asarray(batch.mask))
-    fake = qat._hidden(model, qat._student(model, model.params, latent, g_tree, lsq), b)
-    ref = qat._hidden(model, qat.run_ptq(model, "rtn", 3, batch).params, b)
+    b = qat_training.Rows(jnp.asarray(batch.ids), jnp.asarray(batch.mask))
+    fake = qat_training.hidden(model, qat_training.student(model, model.params, latent, g_tree, lsq), b)
+    ref = qat_training.hidden(model, qat.run_ptq(model, "rtn", 3, batch).params, b)
     m = np.asarray(batch.mask, bool)
     # Weights: w = (W / step) * step may differ from W by one float32 rounding, which moves
     # Q only for a weight within 1 ulp of a rounding boundary; the hidden states then agree to
@@ -71,19 +71,19 @@ def test_fake_quantized_forward_equals_the_ptq_forward(model, batch, lsq):
 
 def test_training_decreases_the_loss_reaches_every_layer_and_ends_on_the_grid(model, batch):
     grids = qat.layer_grids(model, 3)
-    res = qat.train(model, batch, _init(model.params, model), grids, steps=6, lr=0.01,
+    res = qat_training.train(model, batch, _init(model.params, model), grids, steps=6, lr=0.01,
                     batch_size=2, seed=0, lsq=True, progress=False)
     assert res.loss_final < 0.9 * res.loss_initial, (res.loss_initial, res.loss_final)
     assert len(res.grad_norms) == 2 * 36  # every latent weight and every learned step
     assert min(res.grad_norms.values()) > 0, min(res.grad_norms, key=res.grad_norms.get)
-    qat.check_on_grid(res.params, res.grids, model)  # raises if a weight is off its grid
+    qat_training.check_on_grid(res.params, res.grids, model)  # raises if a weight is off its grid
     stepped = sum(not jnp.array_equal(res.grids[n].step, grids[n].step) for n in grids)
     assert stepped == 36  # LSQ moved every layer's steps
     bad = [dict(p) for p in res.params["blocks"]]
     W, b = bad[0]["query"]
     bad[0]["query"] = (W.at[0, 0].add(0.3 * res.grids[model.layer_name(0, "query")].step[0]), b)
     with pytest.raises(RuntimeError, match="off the grid"):
-        qat.check_on_grid({**res.params, "blocks": bad}, res.grids, model)
+        qat_training.check_on_grid({**res.params, "blocks": bad}, res.grids, model)
 
 
 def test_bad_training_arguments(model, batch):
@@ -94,9 +94,9 @@ def test_bad_training_arguments(model, batch):
                       (dict(batch_size=99), r"`batch_size` must be an integer in \[1, \d+\]")):
         args = {**dict(steps=2, lr=0.01, batch_size=2), **kw}
         with pytest.raises(ValueError, match=match):
-            qat.train(model, batch, init, grids, **args)
+            qat_training.train(model, batch, init, grids, **args)
     with pytest.raises(ValueError, match="one entry per linear layer"):
-        qat.train(model, batch, {}, grids, steps=2, lr=0.01, batch_size=2)
+        qat_training.train(model, batch, {}, grids, steps=2, lr=0.01, batch_size=2)
 
 
 def test_least_squares_scales_never_increase_a_layer_error(model, batch):

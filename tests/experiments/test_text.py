@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments.models.smollm2 import text
+from experiments.models.smollm2 import text, wikitext
 from experiments.models.minilm.weights import ModelMissingError
 
 # --------------------------------------------------------------------------------------------
@@ -78,13 +78,13 @@ RULES = {
 @pytest.mark.parametrize("rule", list(RULES))
 def test_strip_markup_rule(rule):
     source, expected = RULES[rule]
-    assert text.strip_markup(source) == expected
+    assert wikitext.strip_markup(source) == expected
 
 
 def test_drop_nested_counts_depth():
-    assert text.drop_nested("a {| b {| c |} d |} e", "{|", "|}") == "a  e"
-    assert text.drop_nested("a |} b", "{|", "|}") == "a  b"  # a stray close
-    assert text.drop_nested("a {| b\nc", "{|", "|}") == "a \nc"  # unclosed: to the line's end
+    assert wikitext.drop_nested("a {| b {| c |} d |} e", "{|", "|}") == "a  e"
+    assert wikitext.drop_nested("a |} b", "{|", "|}") == "a  b"  # a stray close
+    assert wikitext.drop_nested("a {| b\nc", "{|", "|}") == "a \nc"  # unclosed: to the line's end
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,13 +138,13 @@ def test_articles_filtered_and_sorted(articles):
 
 def test_whole_dump_stripped(articles):
     for a in articles:
-        plain = text.strip_markup(a.wikitext)
+        plain = wikitext.strip_markup(a.wikitext)
         assert plain.strip(), a.title
         for left in ("{{", "}}", "[[", "]]", "<ref", "|}", "{|", "\x00", "''", "&nbsp;"):
             assert left not in plain, (a.title, left)
         assert "\n\n\n" not in plain and plain == plain.strip()
         assert all(line == line.strip() for line in plain.split("\n")), a.title
-        assert not any(line.lower() in text.APPENDIX_TITLES for line in plain.split("\n"))
+        assert not any(line.lower() in wikitext.APPENDIX_TITLES for line in plain.split("\n"))
 
 
 def test_committed_ids_equal_a_fresh_derivation(derived):

@@ -140,14 +140,3 @@ def calibration_batch(n_tokens: int = 2048, tokens: Tokens | None = None) -> Bat
         out.append(s)
         need -= len(s)
     return pad(out, tokens.pad_id)
-
-
-def heldout_batch(n_sequences: int | None = None, tokens: Tokens | None = None) -> Batch:
-    """The held-out sequences (all, or the first ``n_sequences``), padded."""
-    tokens = load_tokens() if tokens is None else tokens
-    seqs = tokens.heldout
-    if n_sequences is not None:
-        if not 1 <= n_sequences <= len(seqs):
-            raise ValueError(f"`n_sequences` must be in [1, {len(seqs)}]; got {n_sequences!r}")
-        seqs = seqs[:n_sequences]
-    return pad(seqs, tokens.pad_id)
