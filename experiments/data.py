@@ -159,8 +159,8 @@ def load(data: Any, sources: dict[str, Callable[[Any], tuple]] | None = None) ->
     if family in (sources or {}):
         return Layer(*sources[family](data))
     if family not in FAMILIES:
-        raise ValueError(f"`data.family` must be one of {sorted({'npz', *FAMILIES, *(sources or {})})}"
-                         f"; got {family!r}")
+        known = sorted({"npz", *FAMILIES, *(sources or {})})
+        raise ValueError(f"`data.family` must be one of {known}; got {family!r}")
     params = {k: get(k) for k in ("rank", "noise", "tail", "rho")}
     layer = synthetic(family, m=get("m"), N=get("N"), n=get("n"), seed=get("seed"),
                       mismatch=get("mismatch"), mismatch_kind=mismatch_kind, **params)

@@ -25,7 +25,8 @@ alphabet (nothing clips, so every no-clipping bound of THEORY.md section 4 appli
 ``static_groups`` as GPTQ's flag): the grid a layer used is then the result's ``grid``, its
 step (N, n), and records, measurements and bounds take that step.
 
-Measured per layer (per neuron j, in the run's precision, see `measure`): ``err2_j = ||X w_j - X_hat q_j||_2`` and
+Measured per layer (per neuron j, in the run's precision, see `measure`): ``err2_j = ||X w_j -
+X_hat q_j||_2`` and
 ``errinf_j`` (the error against the full-precision target), ``self2_j = ||X_hat (w_j -
 q_j)||_2`` (the error OPTQ controls) and, for Qronos, the floor ``E_LS,j = sqrt(||X w_j - X_hat
 wt_j||^2 + lam ||w_j - wt_j||^2)`` (``wt = result.W_start``), all through

@@ -14,12 +14,15 @@ be at most p), the S1 check on means over seeds, and the median tightness measur
 The last row, ``real``, is the real-model study (`experiments.studies.minilm`: whole-encoder
 sequential runs of all-MiniLM-L6-v2, records in ``runs/<size>/real/``) and its three figures
 ``real_cosine``, ``real_gain`` and ``real_bounds``; the row ``lm`` is the causal LM study
-(`experiments.studies.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and its
+(`experiments.studies.lm`: SmolLM2-135M, held-out perplexity, records in ``runs/<size>/lm/``) and
+its
 figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass);
-``lm_calibration`` (`experiments.studies.lm_calibration`: OPTQ and Qronos against calibration size and
+``lm_calibration`` (`experiments.studies.lm_calibration`: OPTQ and Qronos against calibration size
+and
 damping) has smoke and full sizes only and is left out of the default reproduce; the row
 ``qat`` is PTQ against QAT on MiniLM with the output scales gamma and least squares
-(`experiments.studies.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and its
+(`experiments.studies.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and
+its
 figure ``qat`` (``--size full`` has the longer QAT schedule); ``rate_distortion`` measures
 every quantizer on every MiniLM layer against the layer's rate-distortion references
 (`experiments.studies.rate_distortion`, records in ``runs/<size>/rate_distortion/``, figure
@@ -103,7 +106,7 @@ def summarize(folder: str) -> dict:
     p = None
     for r in ok:
         p = r["config"].get("p", p)
-        for name, b in r["bounds"].items():
+        for b in r["bounds"].values():
             if "values" not in b:
                 det_viol += 1 if b.get("kind") == "deterministic" else 0  # a bound that failed
                 continue

@@ -35,6 +35,7 @@ from theory.optq_bounds import (
     optq_structural_bound,
     optq_weight_bound,
 )
+from theory.qronos_bounds import optq_mismatch_l2_bound, qronos_l2_bound, qronos_linf_bound
 from theory.rate_distortion import (
     EntropyPower,
     LayerLimit,
@@ -44,7 +45,6 @@ from theory.rate_distortion import (
     reverse_waterfilling,
     waterfill_l2_bound,
 )
-from theory.qronos_bounds import optq_mismatch_l2_bound, qronos_l2_bound, qronos_linf_bound
 from theory.stochastic import stochastic_l2_bound, stochastic_linf_bound, stochastic_weight_bound
 
 __all__ = [

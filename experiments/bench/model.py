@@ -7,7 +7,8 @@
 (a) **Whole model.** SmolLM2-135M (`experiments.models.smollm2`), every one of its 210 linear
 layers in forward order through the project's one sequential driver
 (`experiments.driver.quantize_model`), at the LM study's default calibration
-(`experiments.studies.lm.SIZES["default"]`: 4 windows of 512 tokens, m = 2048 rows per layer), 4 bits,
+(`experiments.studies.lm.SIZES["default"]`: 4 windows of 512 tokens, m = 2048 rows per layer), 4
+bits,
 GPTQ's per-neuron min-max grid, natural order, percdamp 0.01. Three methods on the same batch:
 
 * ``optq``: ``ptq.optq`` per layer (GPTQ: ``Q = OPTQ(X_hat, W)``);

@@ -1,4 +1,5 @@
-"""Figures of the causal LM (SmolLM2-135M on Wikipedia text), from `experiments.studies.lm`'s records.
+"""Figures of the causal LM (SmolLM2-135M on Wikipedia text), from `experiments.studies.lm`'s
+records.
 
 * ``lm_perplexity``: held-out perplexity against bits per algorithm (practical pass: GPTQ's
   asymmetric grid per channel), with the full-precision (dequantized Q4_1) perplexity.

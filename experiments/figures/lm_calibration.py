@@ -4,7 +4,8 @@ calibration tokens and against damping, from `experiments.studies.lm_calibration
 Left: held-out perplexity against calibration tokens (m = calib x length) at the default
 ``percdamp = 0.01``. Right: against ``percdamp`` at the calibration size that was run with
 several. Table (``figures/lm_calibration.csv``), one row per run: config, algorithm, bits,
-calib_windows, calib_tokens, seed (of the calibration windows), percdamp, perplexity, fp_perplexity, and, from the per-layer
+calib_windows, calib_tokens, seed (of the calibration windows), percdamp, perplexity,
+fp_perplexity, and, from the per-layer
 records on the calibration tokens, ``gain_median`` (the median over the 210 layers of
 rel_err(OPTQ) / rel_err(Qronos) at the same calibration windows and damping) and, for Qronos,
 ``floor_median`` (the median of its error over its least-squares floor E_LS, THEORY.md I5).
@@ -99,7 +100,8 @@ def build(t: pd.DataFrame, out_dir: str) -> pd.DataFrame:
 def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFrame]:
     t = calibration_table(recs)
     if t.empty:
-        raise FileNotFoundError("no successful records: run `python -m experiments.studies.lm_calibration`")
+        raise FileNotFoundError("no successful records: run "
+                                "`python -m experiments.studies.lm_calibration`")
     return {"lm_calibration": build(t, out_dir)}
 
 

@@ -1,6 +1,6 @@
 r"""Bits per layer under an average-bits budget: seed 002's formula, the theory, uniform bits.
 
-    python -m experiments.studies.allocation                 # default: budgets 3.0 and 3.5, 3 seeds (~3 min)
+    python -m experiments.studies.allocation  # default: budgets 3.0 and 3.5, 3 seeds (~3 min)
     python -m experiments.studies.allocation --size smoke    # what CI runs (one seed, budget 3.0)
 
 MiniLM's 36 linear layers each get a bit-width from ``BIT_SET`` = (2, 3, 4, 8) so that the

@@ -443,7 +443,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.studies.checkpoint", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m experiments.studies.checkpoint",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", default=["minilm"], choices=["minilm", "smollm2"])
     p.add_argument("--algorithm", default="optq", choices=["rtn", "optq", "qronos"])

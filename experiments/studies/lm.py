@@ -2,8 +2,8 @@
 
     python -m experiments.studies.lm                  # default size, records in runs/default/lm
     python -m experiments.studies.lm --size smoke     # what CI runs: 210 layers on 1536 tokens
-    python -m experiments.studies.lm --size full      # 128 x 512 calibration tokens, bits 2, 3, 4, 8
-    python -m experiments.studies.lm --size bits      # bits 2, 3, 4, 8 at 16 x 512 calibration tokens
+    python -m experiments.studies.lm --size full  # 128 x 512 calibration tokens, bits 2, 3, 4, 8
+    python -m experiments.studies.lm --size bits  # bits 2, 3, 4, 8 at 16 x 512 calibration tokens
     python -m experiments.studies.lm --size groups    # 4 bits, groups of 128, at 16 x 512
 
     from experiments.studies.lm import quantize_lm
@@ -15,7 +15,8 @@ one sequential driver (`experiments.driver`, adapter `experiments.models.smollm2
 ``calib`` random windows of ``length`` tokens of the calibration articles, then scores the
 quantized model on the first ``heldout`` non-overlapping windows of the held-out articles:
 perplexity ``exp(mean NLL)`` over every predicted token (`smollm2.perplexity`). The text is
-the Wikipedia excerpt of `experiments.models.smollm2.text` (disjoint articles). The passes (practical:
+the Wikipedia excerpt of `experiments.models.smollm2.text` (disjoint articles). The passes
+(practical:
 GPTQ's asymmetric grid; bounds: the infinite alphabet in float64, every bound on every layer)
 and the records are `experiments.study`'s; figures: `experiments.figures.lm`.
 

@@ -1,6 +1,6 @@
 """How the causal LM's OPTQ and Qronos depend on the calibration set and on damping.
 
-    python -m experiments.studies.lm_calibration --size full    # records in runs/full/lm_calibration
+    python -m experiments.studies.lm_calibration --size full  # records in runs/full/lm_calibration
     python -m experiments.studies.lm_calibration --size smoke   # what CI runs (tiny windows)
 
 Qronos has the smaller error on almost every layer of SmolLM2-135M at default size
@@ -12,7 +12,8 @@ per neuron on m = calib x length rows, so with few rows it fits the calibration 
 rather than the text. This study measures that directly: the same two algorithms at 3 bits
 (practical pass) with more calibration windows, and with more damping (``percdamp``, the
 ridge ``lam = percdamp * mean diag(X_hat^T X_hat)`` of both algorithms), everything else as
-the ``lm`` study (`experiments.studies.lm`); at the default calibration size three seeds (three draws
+the ``lm`` study (`experiments.studies.lm`); at the default calibration size three seeds (three
+draws
 of the calibration windows) give the spread of one setting. Figure: ``lm_calibration``
 (`experiments.figures.lm_calibration`).
 

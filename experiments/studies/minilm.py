@@ -1,7 +1,7 @@
 """The MiniLM study (all-MiniLM-L6-v2, a 6-block BERT encoder): whole-encoder sequential
 quantization, held-out cosine, and the layer data of the ``real`` data family.
 
-    python -m experiments.studies.minilm                 # default size, records in runs/default/real
+    python -m experiments.studies.minilm  # default size, records in runs/default/real
     python -m experiments.studies.minilm --size smoke    # about a minute: 4 bits only
     python -m experiments.studies.minilm --size full     # every algorithm's bounds at bits 2-8
 

@@ -1,9 +1,10 @@
 """PTQ against QAT on MiniLM, and the output scales gamma and least squares.
 
-    python -m experiments.studies.qat                        # default size, records in runs/default/qat
+    python -m experiments.studies.qat  # default size, records in runs/default/qat
     python -m experiments.studies.qat --size smoke           # what CI runs (under a minute)
-    python -m experiments.studies.qat --size full            # longer QAT schedule, every scale variant
-    python -m experiments.studies.qat --size default sizes.default.train.steps=80   # dot-list overrides
+    python -m experiments.studies.qat --size full  # longer QAT schedule, every scale variant
+    # dot-list overrides
+    python -m experiments.studies.qat --size default sizes.default.train.steps=80
 
 The sizes are ``conf/study/qat.yaml``. One record per (method, bits, seed):
 
@@ -14,7 +15,8 @@ The sizes are ``conf/study/qat.yaml``. One record per (method, bits, seed):
   (`experiments.studies.qat_training.train`), the
   latent weights initialised from the full-precision weights (QAT from RTN: its first forward
   is RTN) or from what PTQ rounded (PTQ then QAT: ``z = Q + e``, each weight's value when
-  OPTQ / Qronos rounded it, so the first forward is the PTQ model; `run_ptq`); the grid is the one PTQ used, fixed
+  OPTQ / Qronos rounded it, so the first forward is the PTQ model; `run_ptq`); the grid is the one
+  PTQ used, fixed
   (straight-through, `ptq.qat.fake_quant`), or with learned steps (``lsq=true``, LSQ,
   `ptq.qat.lsq_quant`). The loss is distillation on the calibration text only::
 
@@ -105,7 +107,8 @@ def _model():
 @functools.lru_cache(maxsize=4)
 def calibration(tokens: int, seed: int):
     """The calibration batch of ``seed`` (see the module docstring), exactly ``tokens``,
-    padded to `experiments.models.minilm.text.MAX_LEN` (one compiled shape whatever the draw; padding
+    padded to `experiments.models.minilm.text.MAX_LEN` (one compiled shape whatever the draw;
+    padding
     changes no token's activations, the keys being masked)."""
     tok = activations.model().tokens
     if seed:

@@ -1,6 +1,6 @@
 r"""Every quantizer against the rate-distortion limit, on every linear layer of MiniLM.
 
-    python -m experiments.studies.rate_distortion                # default: 36 layers, bits 2-4 (~2 min)
+    python -m experiments.studies.rate_distortion  # default: 36 layers, bits 2-4 (~2 min)
     python -m experiments.studies.rate_distortion --size smoke   # 3 layers at 4 bits (seconds)
 
 Per layer (its full-precision calibration input X, m = 2048 tokens, and its weights W) and

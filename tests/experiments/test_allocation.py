@@ -1,4 +1,5 @@
-"""experiments.studies.allocation: the exact budgeted allocation against brute force, seed 002's rule,
+"""experiments.studies.allocation: the exact budgeted allocation against brute force, seed 002's
+rule,
 the driver's per-layer overrides, and the smoke study (real MiniLM) through reproduce.
 
 A missing model package fails the real-model tests with its install command
@@ -16,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.studies import allocation as al
 from experiments.models.minilm import weights
+from experiments.studies import allocation as al
 
 B = np.asarray(al.BIT_SET)
 
@@ -73,7 +74,8 @@ def test_seed_rule_meets_the_budget_and_follows_its_formula():
 
 @pytest.mark.parametrize("call, match", [
     (lambda: al.allocate_theory(np.ones((3, 4)), [1, 1, 1], 1.5), r"`budget` must be in \[2, 8\]"),
-    (lambda: al.allocate_theory(np.ones((3, 3)), [1, 1, 1], 3), r"`cost` must be a finite \(3, 4\)"),
+    (lambda: al.allocate_theory(np.ones((3, 3)), [1, 1, 1], 3),
+     r"`cost` must be a finite \(3, 4\)"),
     (lambda: al.allocate_seed([1, -1], [1, 1], [1, 1], 3), "must be positive"),
     (lambda: al.allocate_seed([1, 1], [1], [1, 1], 3), "`sigma2` must be a finite 1-D array of 2"),
     (lambda: al.allocate_uniform(3, 5), r"`bits` must be one of \(2, 3, 4, 8\); got 5"),
@@ -105,8 +107,8 @@ def _float32():
 
 
 def test_driver_overrides_give_each_layer_its_bits(model):
-    from experiments.studies import qat
     from experiments import driver as qm
+    from experiments.studies import qat
 
     batch = qat.calibration(256, 0)
     names = [model.layer_name(i, k) for i in range(model.n_blocks) for k in model.kinds]
@@ -126,7 +128,8 @@ def test_driver_overrides_give_each_layer_its_bits(model):
         qm.quantize_model(model, qm.make_options("optq", 3), batch,
                           overrides={names[0]: {"scale": 2}})
     with pytest.raises(ValueError, match="`bits`"):
-        qm.quantize_model(model, qm.make_options("optq", 3), batch, overrides={names[0]: {"bits": 0}})
+        qm.quantize_model(model, qm.make_options("optq", 3), batch,
+                          overrides={names[0]: {"bits": 0}})
 
 
 def test_smoke_study_through_reproduce(tmp_path):

@@ -1,4 +1,5 @@
-"""Packed checkpoints of the real models (`experiments.studies.checkpoint`): write, reload, same outputs.
+"""Packed checkpoints of the real models (`experiments.studies.checkpoint`): write, reload, same
+outputs.
 
 Small sizes: MiniLM calibrated on 512 tokens, scored on 8 held-out sequences; SmolLM2 cut to its
 first two blocks (14 linear layers), calibrated on one 64-token window. "Identical" means bit
@@ -15,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.studies import checkpoint as ck
 from experiments.driver import make_options
+from experiments.studies import checkpoint as ck
 from ptq import pack as pk
 
 pytestmark = pytest.mark.real
@@ -66,8 +67,7 @@ def assert_same_tree(a, b):
 @pytest.fixture(scope="module")
 def real_model():
     """The verified MiniLM (a missing package fails the test with its install command)."""
-    from experiments.models.minilm import activations
-    from experiments.models.minilm import weights
+    from experiments.models.minilm import activations, weights
 
     try:
         return activations.model()
@@ -152,9 +152,9 @@ def test_cli_writes_table(tmp_path, real_model):
 
 
 def test_smollm2_two_blocks_logits_identical(tmp_path):
-    from experiments.studies import lm
-    from experiments.models.smollm2 import text
     from experiments.models import smollm2
+    from experiments.models.smollm2 import text
+    from experiments.studies import lm
 
     try:
         full = lm.model()

@@ -20,7 +20,8 @@ SMOKE = [f"data.N={N}", "data.m=64", f"data.n={n}"]
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Record what `experiments.measure.quantize_config` returns (Q, Result or None, realised grid) and
+    """Record what `experiments.measure.quantize_config` returns (Q, Result or None, realised grid)
+    and
     the RTN result, which `quantize` does not hand back."""
     seen = {}
     quantize, rtn = measure.quantize_config, ptq.rtn

@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import reproduce
-from experiments.studies import lm
 from experiments.models import smollm2
+from experiments.studies import lm
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -64,7 +63,8 @@ def test_figures_and_csv_from_the_records(smoke):
             assert os.path.getsize(os.path.join(out, f"{name}.{ext}")) > 0
     t = pd.read_csv(os.path.join(out, "lm_perplexity.csv"))
     assert {"algorithm", "bits", "group_size", "perplexity"} <= set(t.columns)
-    recs = {r["config"]["name"]: r for r in lm.STUDY.load(folder) if r["config"]["pass"] == "practical"}
+    recs = {r["config"]["name"]: r for r in lm.STUDY.load(folder)
+            if r["config"]["pass"] == "practical"}
     assert set(t.config) == set(recs)
     for row in t.itertuples():
         assert row.perplexity == pytest.approx(recs[row.config]["perplexity"], rel=1e-5)

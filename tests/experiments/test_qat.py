@@ -1,4 +1,5 @@
-"""experiments.studies.qat on the real MiniLM: the fake-quantized forward is ptq's, QAT learns in every
+"""experiments.studies.qat on the real MiniLM: the fake-quantized forward is ptq's, QAT learns in
+every
 layer and ends on the grid, the output scales, and the smoke study through reproduce.
 
 A missing model package fails these tests with its install command (PTQ_ALLOW_SKIP_REAL=1
@@ -60,7 +61,8 @@ def test_fake_quantized_forward_equals_the_ptq_forward(model, batch, lsq):
         latent["u"] = [{k: jnp.zeros_like(grids[n].step) for k, n in zip(model.kinds, row)}
                        for row in names]
     b = qat_training.Rows(jnp.asarray(batch.ids), jnp.asarray(batch.mask))
-    fake = qat_training.hidden(model, qat_training.student(model, model.params, latent, g_tree, lsq), b)
+    student = qat_training.student(model, model.params, latent, g_tree, lsq)
+    fake = qat_training.hidden(model, student, b)
     ref = qat_training.hidden(model, qat.run_ptq(model, "rtn", 3, batch).params, b)
     m = np.asarray(batch.mask, bool)
     # Weights: w = (W / step) * step may differ from W by one float32 rounding, which moves

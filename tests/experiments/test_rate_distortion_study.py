@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.studies import rate_distortion as study
 from experiments.models.minilm import weights
+from experiments.studies import rate_distortion as study
 from theory import rate_distortion as rd
 
 

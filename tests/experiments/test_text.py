@@ -14,8 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments.models.smollm2 import text, wikitext
 from experiments.models.minilm.weights import ModelMissingError
+from experiments.models.smollm2 import text, wikitext
 
 # --------------------------------------------------------------------------------------------
 # strip_markup, rule by rule

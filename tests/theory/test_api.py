@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import numpy as np
-import ptq
 import pytest
 
+import ptq
 import theory
 
 rng = np.random.default_rng(0)

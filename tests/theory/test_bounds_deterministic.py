@@ -1,11 +1,11 @@
 """Deterministic bounds B1, B2, B3, Q1, Q2 are never exceeded by ptq's float64 runs."""
 
 import numpy as np
-import ptq
 from hypothesis import given
 from hypothesis import strategies as st
 from theory_data import augmented, layers, x_hat
 
+import ptq
 import theory
 
 SLACK = 1 + 1e-9  # float64 rounding of the measured error; the bounds are exact inequalities

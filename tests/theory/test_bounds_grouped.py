@@ -13,13 +13,13 @@ Runs go through both `ptq.reference` (float64 NumPy, least-squares definitions) 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ptq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_bounds_stochastic import ALPHA, KEYS, assert_rate_at_most, runs
 from theory_data import LAYOUTS, layers, make_X, random_grouping, x_hat
 
+import ptq
 import theory
 
 REL = 1e-9  # float64: the identities are exact; room for cond(H) ~ 1e6 rounding (as I1-I5 tests)

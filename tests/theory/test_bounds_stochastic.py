@@ -11,11 +11,11 @@ same check fails on a bound that is too small.
 
 import jax
 import numpy as np
-import ptq
 import pytest
 import scipy.stats
 from theory_data import make_X, x_hat
 
+import ptq
 import theory
 
 ALPHA = 1e-6

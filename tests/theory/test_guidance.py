@@ -2,12 +2,12 @@
 
 import jax
 import numpy as np
-import ptq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from theory_data import make_X
 
+import ptq
 import theory
 
 

@@ -2,11 +2,11 @@
 
 import jax
 import numpy as np
-import ptq
 from hypothesis import given
 from hypothesis import strategies as st
 from theory_data import augmented, layers, x_hat
 
+import ptq
 import theory
 
 REL = 1e-9  # float64: the identities are exact; 1e-9 leaves room for cond(H) ~ 1e6 rounding

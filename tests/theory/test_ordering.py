@@ -6,10 +6,10 @@ structural bound, and the measured errors follow.
 """
 
 import numpy as np
-import ptq
 import pytest
 from theory_data import make_X
 
+import ptq
 import theory
 
 

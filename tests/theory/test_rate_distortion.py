@@ -15,11 +15,11 @@
 import math
 
 import numpy as np
-import ptq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ptq
 import theory
 from theory import rate_distortion as rd
 

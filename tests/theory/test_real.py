@@ -7,9 +7,9 @@ activations rounded to a 6-bit per-tensor grid (a quantized previous layer).
 
 import jax
 import numpy as np
-import ptq
 import pytest
 
+import ptq
 import theory
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]

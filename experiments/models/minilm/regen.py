@@ -1,7 +1,8 @@
 """Regenerate ``data/real/``: the token ids and the PyTorch reference of the real model.
 
     pip install -e '.[regen]'          # tokenizers, torch (CPU), transformers
-    python -m experiments.models.minilm.regen   # rewrites data/real/ (tokens, reference, PROVENANCE.json)
+    # rewrites data/real/ (tokens, reference, PROVENANCE.json)
+    python -m experiments.models.minilm.regen
 
 Runs never need this: they read the committed ids. It is the only place that imports the
 tokenizer or PyTorch. Nothing is downloaded: the tokenizer and the weights are read from the

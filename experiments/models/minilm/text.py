@@ -3,7 +3,8 @@
 Source: the Language Reference topics in ``pydoc_data.topics`` (shipped with every CPython),
 filtered to prose paragraphs by `prose_paragraphs`. They were tokenized once with the model's
 own tokenizer (``tokenizer.json`` of the model package, WordPiece, lower case, ``[CLS] ...
-[SEP]``, truncated to `MAX_LEN` tokens) by ``python -m experiments.models.minilm.regen``; the ids live
+[SEP]``, truncated to `MAX_LEN` tokens) by ``python -m experiments.models.minilm.regen``; the ids
+live
 in ``data/real/tokens.npz`` with ``data/real/PROVENANCE.json`` (source, Python version,
 filters, tokenizer, date, SHA-256 of the id file). Runs read the ids only, so they need no
 tokenizer and do not drift with the Python version.

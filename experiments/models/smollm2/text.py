@@ -19,7 +19,8 @@ between them (id 2, ``<|im_end|>``, the GGUF file's ``tokenizer.ggml.eos_token_i
 token stream per split. ``python -m experiments.models.smollm2.text`` writes the
 streams and the article start offsets to ``data/lm/tokens.npz`` and the provenance (source and
 its SHA-256, gensim version, filters, split rule and titles, tokenizer, counts, SHA-256 of the
-id file, date, command) to ``data/lm/PROVENANCE.json``; ``python -m experiments.models.smollm2.text --check``
+id file, date, command) to ``data/lm/PROVENANCE.json``; ``python -m experiments.models.smollm2.text
+--check``
 re-derives the ids and compares them with the committed file.
 
 Runs read the committed ids only (`load_lm_tokens`, `calibration_windows`, `heldout_windows`):

@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from experiments.models.minilm import activations, bert, text, weights
 from experiments.models.minilm.weights import LAYER_NAMES
 from experiments.studies.minilm import layer_data
-from experiments.models.minilm import activations
-from experiments.models.minilm import bert
-from experiments.models.minilm import text
-from experiments.models.minilm import weights
 
 pytestmark = pytest.mark.real
 

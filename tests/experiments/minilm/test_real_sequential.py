@@ -10,8 +10,8 @@ import pytest
 from experiments import driver
 from experiments.driver import theory_bounds
 from experiments.models.minilm.weights import LAYER_NAMES
-from experiments.studies.minilm import layer_data, quantize_encoder
 from experiments.studies import minilm as sequential
+from experiments.studies.minilm import layer_data, quantize_encoder
 
 pytestmark = pytest.mark.real
 
@@ -100,8 +100,7 @@ def test_a_complete_cache_skips_the_full_precision_copy_and_changes_nothing(real
     """The driver's second run on a filled `FullPrecisionCache` runs only the quantized copy
     of the model (half the block calls) and returns bitwise the same records and weights."""
     from experiments import driver as qm
-    from experiments.models.minilm import MiniLM
-    from experiments.models.minilm import text
+    from experiments.models.minilm import MiniLM, text
 
     class Counting(MiniLM):  # the real adapter, counting the blocks it runs
         calls = 0
