@@ -25,7 +25,7 @@ import numpy as np
 
 from experiments.models.common import file_sha256, verified_ids_file  # noqa: F401 (regen uses file_sha256)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "real"
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "real"
 TOKENS_FILE = DATA_DIR / "tokens.npz"
 PROVENANCE_FILE = DATA_DIR / "PROVENANCE.json"
 MAX_LEN = 128  # tokens per sequence, [CLS] and [SEP] included (the tokenizer's own default)

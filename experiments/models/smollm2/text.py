@@ -50,7 +50,7 @@ from experiments.models import smollm2
 from experiments.models.common import file_sha256, verified_ids_file
 from experiments.models.smollm2.wikitext import strip_markup
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "lm"
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "lm"
 TOKENS_FILE = DATA_DIR / "tokens.npz"
 PROVENANCE_FILE = DATA_DIR / "PROVENANCE.json"
 
