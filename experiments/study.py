@@ -16,8 +16,10 @@ One JSON record per run, written atomically; a recorded run is skipped, so an in
 study resumes, and a failed run is written as an ``error`` record with its traceback and the
 study goes on. Records keep per-layer summaries only (a few KB per layer).
 
-The studies: `experiments.studies.minilm` (MiniLM, folder ``real``), `experiments.studies.lm.study`
-(SmolLM2, folder ``lm``).
+The studies built on `Study`: `experiments.studies.minilm` (MiniLM, folder ``real``),
+`experiments.studies.lm` and `experiments.studies.lm_calibration` (SmolLM2), and
+`experiments.studies.qat`; `StudyCommand` alone: `experiments.studies.rate_distortion` and
+`experiments.studies.allocation`. Sizes: ``conf/study/<key>.yaml`` (`load_sizes`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ quantization, held-out cosine, and the layer data of the ``real`` data family.
   what X and X_hat are, what each algorithm sees and what is measured per layer); end to end,
   the cosine similarity of the quantized and full-precision sentence embeddings on held-out
   text (never the calibration text). The full-precision inputs are cached per process.
-* `layer_data` / `load`: X, W, b and X_hat of one layer, the ``real`` family of the Hydra
+* `layer_data` / `layer_source`: X, W, b and X_hat of one layer, the ``real`` family of the Hydra
   app's data (``data=real data.layer=3.intermediate``)::
 
       d = layer_data(3, "intermediate", n_tokens=2048, algorithm="optq", bits=4)
