@@ -81,12 +81,6 @@ def test_strip_markup_rule(rule):
     assert wikitext.strip_markup(source) == expected
 
 
-def test_drop_nested_counts_depth():
-    assert wikitext.drop_nested("a {| b {| c |} d |} e", "{|", "|}") == "a  e"
-    assert wikitext.drop_nested("a |} b", "{|", "|}") == "a  b"  # a stray close
-    assert wikitext.drop_nested("a {| b\nc", "{|", "|}") == "a \nc"  # unclosed: to the line's end
-
-
 # --------------------------------------------------------------------------------------------
 # The dump
 

@@ -8,7 +8,7 @@ it and is never imported). The MediaWiki XML is read with the standard library (
 
 Filters: main-namespace pages (``<ns>0</ns>``) that are not redirects (no ``<redirect>``
 element, text not starting with ``#REDIRECT``): 106 articles. Their wikitext is reduced to
-plain text by `strip_markup` (pure standard library, deterministic; its docstring lists the
+plain text by `wikitext.strip_markup` (mwparserfromhell, deterministic; its docstring lists the
 rules), and each article becomes the document ``title + "\\n\\n" + plain text``.
 
 Splits (disjoint by article): articles sorted by page id; those with index % 4 == 3 form the

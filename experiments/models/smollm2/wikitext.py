@@ -1,6 +1,7 @@
 """Wikitext to plain text: `strip_markup`, the deterministic reduction of one article's
 MediaWiki markup that `experiments.models.smollm2.text` applies before tokenizing (its
-docstring lists the rules, in the order they apply). Pure standard library.
+docstring lists the rules, in the order they apply): the wikitext parsed with
+``mwparserfromhell``, its tree walked to text, then plain-text rules per line.
 """
 
 from __future__ import annotations
@@ -8,22 +9,13 @@ from __future__ import annotations
 import html
 import re
 
-# Elements dropped with their content (formulas, galleries, code, scores, reference lists).
-_DROP_TAGS = ("math", "chem", "ce", "gallery", "imagemap", "timeline", "score", "hiero",
-              "syntaxhighlight", "source", "graph", "mapframe", "references", "table",
-              "templatedata", "inputbox")
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-_NOWIKI = re.compile(r"<nowiki\s*>(.*?)</nowiki\s*>|<nowiki\s*/>", re.S | re.I)
-_REF_SELF = re.compile(r"<ref\b[^<>]*/\s*>", re.I)
-_REF = re.compile(r"<ref\b[^<>]*>.*?</ref\s*>", re.S | re.I)
-_DROP_ELEMENTS = re.compile(
-    r"<(%s)\b[^<>]*?(?:/\s*>|>.*?</\1\s*>)" % "|".join(_DROP_TAGS), re.S | re.I
-)
-_BR = re.compile(r"<br\b[^<>]*>", re.I)
-_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
-_LINK = re.compile(r"\[\[((?:(?!\[\[|\]\]).)*)\]\]", re.S)  # innermost [[...]]
-_TEMPLATE = re.compile(r"\{\{((?:(?!\{\{|\}\}).)*)\}\}", re.S)  # innermost {{...}}
-_EXT_LINK = re.compile(r"\[(?:(?:https?|ftp|irc|news|mailto):|//)[^\s\]]*(?:[ \t]+([^\]\n]*))?\]")
+import mwparserfromhell as mwp
+
+# Elements dropped with their content (references, formulas, galleries, code, scores, reference
+# lists).
+_DROP_TAGS = frozenset({"ref", "math", "chem", "ce", "gallery", "imagemap", "timeline", "score",
+                        "hiero", "syntaxhighlight", "source", "graph", "mapframe", "references",
+                        "table", "templatedata", "inputbox"})
 _QUOTES = re.compile(r"'''''|'''|''")
 _MAGIC = re.compile(r"__[A-Z]+__")
 _RULE = re.compile(r"-{4,}")
@@ -45,78 +37,23 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
            "September", "October", "November", "December")
 
 
-def _innermost(pattern: re.Pattern, repl, text: str) -> str:
-    """Apply ``repl`` to innermost matches until none is left (nested constructs)."""
-    while True:
-        new = pattern.sub(repl, text)
-        if new == text:
-            return text
-        text = new
-
-
-def drop_nested(text: str, open_: str, close: str, repl: str = "") -> str:
-    """Remove every outermost ``open_ ... close`` span, nesting counted with a depth counter.
-
-    An unmatched ``close`` is removed; an unmatched ``open_`` is removed up to the end of its
-    line (the rest of the text is kept).
-    """
-    out, depth, pos, start = [], 0, 0, 0
-    token = re.compile(re.escape(open_) + "|" + re.escape(close))
-    for m in token.finditer(text):
-        if m.group() == open_:
-            if depth == 0:
-                out.append(text[pos:m.start()])
-                out.append(repl)
-                start = m.start()
-            depth += 1
-        elif depth:
-            depth -= 1
-            if depth == 0:
-                pos = m.end()
-        else:  # a stray close at depth 0
-            out += [text[pos:m.start()], repl]
-            pos = m.end()
-    if depth:
-        end = text.find("\n", start)
-        pos = len(text) if end < 0 else end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _link(m: re.Match) -> str:
+def _link(target: str, label: str | None) -> str:
     """``[[target|label]]`` -> label, ``[[target]]`` -> target; files, categories and
     interlanguage links -> nothing."""
-    inner = m.group(1)
-    target, pipe, label = inner.partition("|")
     target = target.strip()
     prefix, colon, _ = target.partition(":")
     prefix = prefix.strip()
-    if colon and not target.startswith(":"):
-        if prefix.lower() in _NONPROSE_PREFIXES or _INTERLANGUAGE.fullmatch(prefix):
-            return _GONE
+    if colon and not target.startswith(":") and (
+            prefix.lower() in _NONPROSE_PREFIXES or _INTERLANGUAGE.fullmatch(prefix)):
+        return _GONE
     target = target.lstrip(":")
-    if not pipe:
+    if label is None:
         return target
     if label.strip():
         return label
     # the pipe trick: [[Paris, Texas|]] -> Paris, [[Help:Foo (bar)|]] -> Foo
     name = target.partition(":")[2] if colon else target
     return re.sub(r"\s*\(.*\)$", "", name.split(",")[0]).strip()
-
-
-def _args(body: str) -> tuple[str, list[str], dict[str, str]]:
-    """A template's name, positional and named arguments (links are resolved beforehand, so
-    ``|`` only separates arguments)."""
-    parts = body.split("|")
-    name = " ".join(parts[0].replace("_", " ").split()).lower()
-    pos, named = [], {}
-    for p in parts[1:]:
-        k, eq, v = p.partition("=")
-        if eq and k.strip() and "\n" not in k:
-            named[k.strip()] = v.strip()
-        else:
-            pos.append(p.strip())
-    return name, pos, named
 
 
 def _convert(pos: list[str], named: dict) -> str:
@@ -190,23 +127,62 @@ _TEXT_TEMPLATES = {
 }
 
 
-def _template(m: re.Match) -> str:
-    name, pos, named = _args(m.group(1))
+def _template(node: mwp.nodes.Template) -> str:
+    name = " ".join(_plain(node.name).replace(_GONE, "").replace("_", " ").split()).lower()
     render = _TEXT_TEMPLATES.get(name)
     if render is None and name.startswith("lang-"):
         render = _first  # {{lang-fr|texte}} -> texte (the "French:" label is dropped)
     if render is None:
         return _GONE
+    pos, named = [], {}
+    for p in node.params:
+        if p.showkey:
+            named[_plain(p.name).strip()] = _plain(p.value).strip()
+        else:
+            pos.append(_plain(p.value).strip())
     if name in ("quote", "cquote", "blockquote") and not pos:
         return named.get("text", named.get("quote", ""))
     return render(pos, named)
 
 
-def _protect_nowiki(m: re.Match) -> str:
+def _protect_nowiki(s: str) -> str:
     """The literal text of ``<nowiki>``, with markup characters as numeric entities (undone by
     the final `html.unescape`)."""
-    s = m.group(1) or ""
     return re.sub(r"[\[\]{}|'<>=*#:;&_~]", lambda c: f"&#{ord(c.group())};", s)
+
+
+def _node(n: mwp.nodes.Node) -> str:
+    """One parsed node's text; removed markup leaves `_GONE`."""
+    if isinstance(n, mwp.nodes.Text):
+        return n.value
+    if isinstance(n, mwp.nodes.HTMLEntity):
+        return str(n)  # decoded with the line's other entities
+    if isinstance(n, mwp.nodes.Wikilink):
+        return _link(_plain(n.title), None if n.text is None else _plain(n.text))
+    if isinstance(n, mwp.nodes.Template):
+        return _template(n)
+    if isinstance(n, mwp.nodes.ExternalLink):
+        if not n.brackets:
+            return str(n.url)
+        return _plain(n.title) if n.title is not None and str(n.title).strip() else _GONE
+    if isinstance(n, mwp.nodes.Heading):
+        return "=" * n.level + _plain(n.title) + "=" * n.level
+    if isinstance(n, mwp.nodes.Tag):
+        if n.wiki_markup:  # list markers and rules stay for the line pass; tables go
+            return _GONE if n.wiki_markup == "{|" else n.wiki_markup
+        name = str(n.tag).strip().lower()
+        if name == "nowiki":
+            return _protect_nowiki(str(n.contents or ""))
+        if name == "br":
+            return "\n"
+        if name in _DROP_TAGS or n.self_closing or n.contents is None:
+            return _GONE
+        return _GONE + _plain(n.contents) + _GONE
+    return _GONE  # comments, template parameters ({{{x}}})
+
+
+def _plain(code: mwp.wikicode.Wikicode) -> str:
+    return "".join(_node(n) for n in code.nodes)
 
 
 def _inline(line: str) -> str:
@@ -225,25 +201,28 @@ def _inline(line: str) -> str:
 def strip_markup(wikitext: str) -> str:
     """The plain text of one article's wikitext (WikiText-style), deterministic.
 
-    In order:
+    The wikitext is parsed with ``mwparserfromhell`` (bold and italic quotes left as text for
+    step 9) and each node of the tree becomes text:
 
     1. HTML comments are removed; the text of ``<nowiki>`` is kept literally.
     2. ``<ref .../>`` and ``<ref ...>...</ref>`` are removed, and so are these elements with
        their content: ``<math>``, ``<chem>``, ``<gallery>``, ``<timeline>``, ``<source>``,
        ``<syntaxhighlight>``, ``<references>``, ``<table>`` and the like (`_DROP_TAGS`).
-    3. Links, innermost first (file captions hold links): ``[[File:...]]``, ``[[Image:...]]``,
-       ``[[Media:...]]``, ``[[Category:...]]`` and interlanguage links (``[[de:...]]``) are
-       removed; ``[[target|label]]`` becomes ``label``, ``[[target]]`` ``target`` (a leading
-       colon dropped; ``[[a (b)|]]`` the pipe trick's ``a``).
-    4. Templates ``{{...}}``, innermost first: the few inline ones that print prose are
-       rendered to their text (`_TEXT_TEMPLATES`: ``convert`` -> "10 km", ``lang``,
-       ``lang-xx``, ``transl``, ``nowrap``, ``as of``, ``val``, ``frac``, ``'``, ``nbsp``,
-       ``ndash`` ...), every other one (infoboxes, citations, hatnotes, navigation,
-       pronunciations ...) is removed.
-    5. Tables ``{| ... |}`` are removed (nested ones counted with a depth counter).
-    6. External links: ``[http://x label]`` becomes ``label``, ``[http://x]`` is removed.
-    7. ``<br>`` becomes a line break; every other HTML tag is removed and its inner text kept
-       (``H<sub>2</sub>O`` -> ``H2O``).
+    3. Links: ``[[File:...]]``, ``[[Image:...]]``, ``[[Media:...]]``, ``[[Category:...]]`` and
+       interlanguage links (``[[de:...]]``) are removed with their captions;
+       ``[[target|label]]`` becomes ``label``, ``[[target]]`` ``target`` (a leading colon
+       dropped; ``[[a (b)|]]`` the pipe trick's ``a``).
+    4. Templates ``{{...}}``, however nested: the few inline ones that print prose are
+       rendered to their text from their rendered arguments (`_TEXT_TEMPLATES`: ``convert``
+       -> "10 km", ``lang``, ``lang-xx``, ``transl``, ``nowrap``, ``as of``, ``val``,
+       ``frac``, ``'``, ``nbsp``, ``ndash`` ...), every other one (infoboxes, citations,
+       hatnotes, navigation, pronunciations ...) is removed.
+    5. Tables ``{| ... |}`` are removed, nested ones with them.
+    6. External links: ``[http://x label]`` becomes ``label``, ``[http://x]`` is removed (a
+       bare URL stays).
+    7. ``<br>`` becomes a line break; every other HTML element is replaced by its inner text
+       (``H<sub>2</sub>O`` -> ``H2O``). A tag the parser does not pair (``<span>`` never
+       closed) stays as text.
     8. Magic words (``__NOTOC__``) are removed.
     9. Lines: a heading ``== Title ==`` becomes the line ``Title``, as a paragraph of its own;
        the first heading titled as an appendix (`APPENDIX_TITLES`: "See also", "Notes",
@@ -257,17 +236,7 @@ def strip_markup(wikitext: str) -> str:
         ``,``/``;``) by removed templates; lines with no letter or digit are dropped.
         Paragraphs are separated by exactly one blank line; no leading or trailing space.
     """
-    s = _COMMENT.sub(_GONE, wikitext)
-    s = _NOWIKI.sub(_protect_nowiki, s)
-    s = _REF_SELF.sub(_GONE, s)
-    s = _REF.sub(_GONE, s)
-    s = _DROP_ELEMENTS.sub(_GONE, s)
-    s = _innermost(_LINK, _link, s)
-    s = _innermost(_TEMPLATE, _template, s)
-    s = drop_nested(s, "{|", "|}", _GONE)
-    s = _EXT_LINK.sub(lambda m: m.group(1) or _GONE, s)
-    s = _BR.sub("\n", s)
-    s = _TAG.sub(_GONE, s)
+    s = _plain(mwp.parse(wikitext, skip_style_tags=True))
     s = _MAGIC.sub(_GONE, s)
 
     # blocks: ("h", level, text) for headings, ("p", 0, text) for text lines, ("", 0, "") for
