@@ -33,5 +33,13 @@ def test_grouped_runs_are_their_own_rows_and_stay_out_of_the_gain(tmp_path):
     got = {(r.config, r.group_size): r.perplexity for r in t.itertuples()}
     assert got == {("optq", -1): 34.0, ("qronos", -1): 28.0, ("optq", 128): 28.0,
                    ("qronos", 128): 25.0}
+    by_run = {(r["config"]["name"], r["config"]["group_size"] or -1): r for r in recs}
+    for row in t.itertuples():  # every other column is the record's field
+        r = by_run[(row.config, row.group_size)]
+        c = r["config"]
+        assert (row.algorithm, row.order, row.bits) == (c["algorithm"], "natural", c["bits"])
+        assert (row.fp_perplexity, row.heldout_tokens, row.quantize_s) == (
+            r["fp_perplexity"], r["heldout_tokens"], r["wall_s"]["quantize"])
+        assert (row.calib_windows, row.length) == (c["calib"], c["length"])
     gain = pd.read_csv(tmp_path / "lm_bits_gain.csv")
     assert gain.gain_qronos.tolist() == [2.0, 4.0]  # per channel: OPTQ / Qronos, not 9 / 1

@@ -68,14 +68,35 @@ def test_figures_written_from_the_records(smoke):
     assert set(cosine.config) == set(study.sizes["smoke"].practical)
     recs = {r["config"]["name"]: r for r in study.load(folder)
             if r["config"]["pass"] == "practical"}
+    assert len(cosine) == len(recs)
+    # the CSV's "%.6g" floats are within 5e-6 relative of the records' numbers
     for row in cosine.itertuples():
-        assert row.cosine_mean == pytest.approx(recs[row.config]["cosine_mean"], rel=1e-5)
+        r = recs[row.config]
+        assert (row.bits, row.heldout) == (r["config"]["bits"], r["heldout_n"])
+        assert [row.cosine_mean, row.cosine_min, row.quantize_s] == pytest.approx(
+            [r["cosine_mean"], r["cosine_min"], r["wall_s"]["quantize"]], rel=1e-5, abs=0)
     gain = pd.read_csv(os.path.join(out, "real_gain.csv"))
     assert len(gain) == len(LAYER_NAMES)
     opt = {lyr["name"]: lyr["rel_err"] for lyr in recs["optq"]["layers"]}
     qro = {lyr["name"]: lyr["rel_err"] for lyr in recs["qronos"]["layers"]}
     for row in gain.itertuples():
         assert row.gain_qronos == pytest.approx(opt[row.name] / qro[row.name], rel=1e-5)
+    bounds = pd.read_csv(os.path.join(out, "real_bounds.csv"))
+    expected = {(r["config"]["name"], r["config"]["bits"], i, b): (lyr, v)
+                for r in study.load(folder) if r["config"]["pass"] == "bounds"
+                for i, lyr in enumerate(r["layers"]) for b, v in lyr["bounds"].items()}
+    keys = list(zip(bounds.config, bounds.bits, bounds["index"], bounds.bound))
+    assert sorted(keys) == sorted(expected)  # one row per (run, layer, bound)
+    for row in bounds.itertuples():
+        # abs=0: pytest's default abs of 1e-12 would pass any E_LS near round-off (X_hat = X)
+        lyr, v = expected[(row.config, row.bits, row.index, row.bound)]
+        assert (row.name, row.kind, row.checked, row.violations) == (
+            lyr["name"], v["kind"], v["checked"], v["violations"])
+        assert [row.measured_fro, row.bound_fro, row.ratio_median, row.ratio_max,
+                row.e_ls_fro] == pytest.approx([v["measured_fro"], v["bound_fro"],
+                                                v["ratio_median"], v["ratio_max"],
+                                                lyr.get("e_ls_fro", float("nan"))],
+                                               rel=1e-5, abs=0, nan_ok=True)
 
 
 def test_second_run_skips_and_failures_are_recorded(smoke):
