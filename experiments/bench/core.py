@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ptq
-from ptq import layer
+from ptq import gather, gram
 from ptq._optq import _natural_factor, _ordered_factor, run_ordered
 from ptq._qronos import _least_squares
 from ptq.kernel import quantize_ordered
@@ -118,11 +118,11 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
             lambda order=order: ptq.optq(Xd, Wd, grid, block_size=B, order=order).Q).median
 
     # The parts of optq, with the arguments ptq.optq builds (natural order, percdamp 0.01).
-    XtX = layer.gram_sym(Xd)
+    XtX = gram.gram_sym(Xd)
     lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
     perm = np.arange(N)
-    p = layer.gather_index(perm)  # None: the natural order, as ptq.optq passes it
-    row["gram_s"] = _timer(opt)(lambda: layer.gram_sym(Xd)).median
+    p = gather.gather_index(perm)  # None: the natural order, as ptq.optq passes it
+    row["gram_s"] = _timer(opt)(lambda: gram.gram_sym(Xd)).median
 
     def from_h():
         R = _ordered_factor(XtX, lam, p)
@@ -132,10 +132,10 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     R = _ordered_factor(XtX, lam, p)
     kernel = _kernel_fn(R, Wd, grid, B)
     row["kernel_s"] = _timer(opt)(kernel).median
-    H = layer.regularise(XtX, lam)
+    H = gram.regularise(XtX, lam)
     row["chol_s"] = timing.cholesky_time(H, opt.repeats, opt.min_time).median
-    row["qronos_cross_gram_s"] = _timer(opt)(lambda: layer.gram(Xhd, Xd)).median
-    XhXh, XhX = layer.gram_sym(Xhd), layer.gram(Xhd, Xd)
+    row["qronos_cross_gram_s"] = _timer(opt)(lambda: gram.gram(Xhd, Xd)).median
+    XhXh, XhX = gram.gram_sym(Xhd), gram.gram(Xhd, Xd)
     lam_h = 0.01 * float(jnp.mean(jnp.diagonal(XhXh)))
     row["qronos_lsq_s"] = _timer(opt)(lambda: _least_squares(XhXh, XhX, Wd, lam_h)).median
 
@@ -148,17 +148,17 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     row["device_peak_mb"] = dev / 2**20 if dev is not None else math.nan
 
     # Compile times of the jitted pieces, from cleared caches (lower + compile each). On the
-    # CPU the two Gram products are NumPy's BLAS (ptq.layer.gram_sym / gram): nothing to
+    # CPU the two Gram products are NumPy's BLAS (ptq.gram.gram_sym / gram): nothing to
     # compile, reported as NaN.
     jax.clear_caches()
     pieces = {
-        "gram_sym": lambda: layer._gram_sym_xla.lower(Xd),
+        "gram_sym": lambda: gram._gram_sym_xla.lower(Xd),
         "factor": lambda: _natural_factor.lower(XtX, lam),
         "kernel": lambda: _kernel_lowering(R, Wd, grid, B),
-        "cross_gram": lambda: layer._gram_xla.lower(Xhd, Xd),
+        "cross_gram": lambda: gram._gram_xla.lower(Xhd, Xd),
         "least_squares": lambda: _least_squares.lower(XhXh, XhX, Wd, lam_h),
     }
-    if layer._on_host(Xd, Xhd):
+    if gram._on_host(Xd, Xhd):
         row["compile_gram_sym_s"] = row["compile_cross_gram_s"] = math.nan
         del pieces["gram_sym"], pieces["cross_gram"]
     total = 0.0
@@ -367,7 +367,7 @@ def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
     X, _, W = make_data(N, opt.seed)
     Xd, Wd = jax.device_put(X), jax.device_put(W)
     grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
-    XtX = layer.gram_sym(Xd)
+    XtX = gram.gram_sym(Xd)
     lam = 0.01 * float(jnp.mean(jnp.diagonal(XtX)))
     R = _ordered_factor(XtX, lam, jnp.arange(N))
     rows = []

@@ -37,7 +37,7 @@ def run(alg, X, X_hat, W, grid, block_size=128, **kw):
         stochastic = alg == "optq_stochastic"
         key = jax.random.key(3)
         skw = dict(rounding="stochastic", key=key) if stochastic else {}
-        u = np.asarray(ptq.layer.uniforms(key, N, n, jnp.float64)) if stochastic else None
+        u = np.asarray(ptq.inputs.uniforms(key, N, n, jnp.float64)) if stochastic else None
         rkw = dict(rounding="stochastic", u=u) if stochastic else {}
         return (ptq.optq(X, W, grid, **kw, **skw, **bkw), reference.optq(X, W, grid, **kw, **rkw), u,
                 X)
