@@ -83,8 +83,8 @@ def optq(
     grid = inputs.realise_static(grid, per_channel_on=W_given, static_on=W)
     p = gather.gather_index(perm)
     R = _ordered_factor(gram.gram_sym(X), lam, p)
-    return run_ordered(R, gather.take_rows(W, p), grid, perm, lam, m, "X", rounding, key,
-                       block_size, W_original=W)
+    return run_ordered(R, gather.take_rows(W, p), grid, perm=perm, lam=lam, m=m, name="X",
+                       rounding=rounding, key=key, block_size=block_size, W_original=W)
 
 
 def _ordered_factor(XtX, lam, p):
@@ -112,16 +112,23 @@ def _reversed_factor(K, lam):
     return jnp.linalg.cholesky(gram.regularise(K, lam))[::-1, ::-1]
 
 
-def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size, z_first=None,
-                W_original=None):
+def run_ordered(R, W_start, grid, *, perm, lam, m, name, rounding, key, block_size,
+                z_first=None, W_original=None) -> Result:
     """Run the kernel on ordered ``R`` and ``W_start`` and map the results back.
 
+    ``R`` (N, N) is the factor of ``H = R R^T`` in processing order (`_ordered_factor`).
     ``W_start`` is ``w(0)`` in processing order; the result holds it in original order
     (``W_original``, when the caller has it: then it is not gathered back).
     ``grid`` is a `ptq.Grid` in original order (a per-weight grid (N, n) is gathered to
     processing order for the kernel, so feature ``perm[t]`` is rounded at step t with its own
     row), `GroupTables` (a static or per-channel `GroupGrid` already fitted, see
     `inputs.realise_static`), or a dynamic `GroupGrid`, fitted group by group in the kernel.
+
+    The options are keyword-only: ``perm`` (N,) the processing order, ``lam`` the resolved
+    ridge, ``m`` the number of samples and ``name`` the factorised matrix ("X" or "X_hat"),
+    both for `definiteness.check_factor`'s message; ``rounding``, ``key`` and ``block_size``
+    as `ptq.optq`; ``z_first`` (n,) the value step 1 rounds instead of ``w_1`` (Qronos'
+    correction step), or None.
     """
     N, n = W_start.shape
     u = None

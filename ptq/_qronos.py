@@ -82,8 +82,8 @@ def qronos(
         W_p = gather.take_rows(W, p)
     R, W_ls, z1 = _least_squares(XhXh, XhX, W_p, lam)
     return run_ordered(
-        R, W_ls, grid, perm, lam, m, "X_hat", rounding, key, block_size,
-        z_first=z1 if variant == "paper" else None,
+        R, W_ls, grid, perm=perm, lam=lam, m=m, name="X_hat", rounding=rounding, key=key,
+        block_size=block_size, z_first=z1 if variant == "paper" else None,
     )
 
 

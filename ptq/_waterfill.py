@@ -126,8 +126,9 @@ def optq_waterfill(
     r = np.asarray(jnp.diagonal(R), dtype=np.float64)
 
     def run(c):
-        res = run_ordered(R, W_ordered, waterfill_grid(r, perm, c, n), perm, lam_, m, "X",
-                          "nearest", None, block_size, W_original=W)
+        res = run_ordered(R, W_ordered, waterfill_grid(r, perm, c, n), perm=perm, lam=lam_, m=m,
+                          name="X", rounding="nearest", key=None, block_size=block_size,
+                          W_original=W)
         return res, code_entropy(np.asarray(res.codes), per=per)
 
     w = np.asarray(W, dtype=np.float64)

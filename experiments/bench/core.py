@@ -126,7 +126,8 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
 
     def from_h():
         R = _ordered_factor(XtX, lam, p)
-        return run_ordered(R, Wd, grid, perm, lam, m, "X", "nearest", None, B).Q
+        return run_ordered(R, Wd, grid, perm=perm, lam=lam, m=m, name="X", rounding="nearest",
+                           key=None, block_size=B).Q
 
     row["optq_from_h_s"] = _timer(opt)(from_h).median
     R = _ordered_factor(XtX, lam, p)
