@@ -53,6 +53,10 @@ Files (`save` / `load`): one safetensors file, keys ``<layer>.qweight``, ``.qzer
 "gptq", checkpoint_format, and ``dynamic`` where layers differ: GPTQModel's per-layer
 overrides, `QuantizeConfig.for_layer`, which `save` checks each layer against and `load` reads
 each layer's bits from).
+
+The code, one responsibility a module: `ptq.pack._bits` (the bit stream), `._layer` (one
+layer's tensors and their checks), `._grids` (from a `ptq.Grid` and its codes), `._files`
+(`QuantizeConfig`, `save`, `load`); every public name is imported from here.
 """
 
 from __future__ import annotations
