@@ -154,7 +154,7 @@ def _measure_on_device(X, X_hat, W, Q, target, step, lam, w_max, W_start, *, alg
 def measure(X, X_hat, W, Q, result, step, algorithm: str, target=None) -> tuple[dict, dict]:
     """`experiments.measure.measure` of one layer, and the record's fields from it.
 
-    One jitted program on the device, in the run's precision (`ptq.layer.compute_dtype`):
+    One jitted program on the device, in the run's precision (`ptq.inputs.compute_dtype`):
     float64 in the bounds pass (x64 mode, what the bound checks compare), float32 in the
     practical pass, where a reported norm then carries a relative rounding error of order
     ``sqrt(N) 2^-24`` of the layer's output, below 1e-4 of the error itself down to 8 bits.
@@ -164,7 +164,7 @@ def measure(X, X_hat, W, Q, result, step, algorithm: str, target=None) -> tuple[
     input_mismatch and, for Qronos, e_ls (from ``result.W_start``); ``measured`` is the full
     per-neuron dict the bound checks read. ``target``: ``X @ W`` if known.
     """
-    dtype = ptq.layer.compute_dtype()
+    dtype = ptq.inputs.compute_dtype()
     X, X_hat, W, Q = (jnp.asarray(a, dtype) for a in (X, X_hat, W, Q))
     target = X @ W if target is None else jnp.asarray(target, dtype)
     rtn = algorithm == "rtn"
@@ -194,7 +194,7 @@ class FullPrecisionCache:
 
     def target(self, name: str, X: np.ndarray, W):
         """``X @ W`` in the run's precision (one cache entry per precision)."""
-        dtype = ptq.layer.compute_dtype()
+        dtype = ptq.inputs.compute_dtype()
         key = (name, np.dtype(dtype).name)
         if key not in self.targets:
             self.targets[key] = jnp.asarray(X, dtype) @ jnp.asarray(W, dtype)

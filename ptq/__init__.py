@@ -35,14 +35,15 @@ _LAZY = {
     "optq": "ptq._optq",
     "qronos": "ptq._qronos",
     "rtn": "ptq._rtn",
-    "Result": "ptq.layer",
+    "Result": "ptq.result",
     "RTNResult": "ptq._rtn",
     "optq_waterfill": "ptq._waterfill",
     "WaterfillResult": "ptq._waterfill",
     "PackedLayer": "ptq.pack",
     "QuantizeConfig": "ptq.pack",
 }
-_SUBMODULES = ("options", "reference", "grid", "kernel", "layer", "pack", "rate")
+_SUBMODULES = ("options", "reference", "grid", "kernel", "pack", "rate", "result", "inputs", "gram",
+               "gather", "definiteness")
 
 __all__ = ["Grid", "GroupGrid", "optq", "qronos", "rtn", "Result", "RTNResult", "options",
            "reference", "pack", "PackedLayer", "QuantizeConfig", "optq_waterfill",
@@ -66,10 +67,10 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager names
     from ptq import options, pack, rate, reference
-    from ptq.grid import Grid, GroupGrid
-    from ptq.layer import Result
     from ptq._optq import optq
     from ptq._qronos import qronos
     from ptq._rtn import RTNResult, rtn
     from ptq._waterfill import WaterfillResult, optq_waterfill
+    from ptq.grid import Grid, GroupGrid
     from ptq.pack import PackedLayer, QuantizeConfig
+    from ptq.result import Result

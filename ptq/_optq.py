@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptq import layer
+from ptq import definiteness, gather, gram, inputs
 from ptq.grid import Grid, GroupGrid, GroupTables, _fit, expand, group_index, num_groups
 from ptq.kernel import Groups, factor, quantize_ordered
-from ptq.layer import Result, Rounding
-from ptq.options import Order, check_layer_shapes
+from ptq.options import Order, Rounding, check_layer_shapes
+from ptq.result import Result
 
 
 def optq(
@@ -72,19 +72,19 @@ def optq(
     there) and in computing ``U`` from one Cholesky factorisation (mathematically equal).
     """
     m, N, n = check_layer_shapes(X, W)
-    layer.check_common(grid, n, rounding, key, block_size, N=N)
-    X, W = layer.as_arrays(("X", X), ("W", W))
-    sq = layer.column_sq_norms(X)
-    perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
-    layer.check_rank(sq, lam=lam, m=m, name="X")
+    inputs.check_common(grid, n, rounding, key, block_size, N=N)
+    X, W = inputs.as_arrays(("X", X), ("W", W))
+    sq = gram.column_sq_norms(X)
+    perm, lam = inputs.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    definiteness.check_rank(sq, lam=lam, m=m, name="X")
     W_given = W
     if not np.all(np.asarray(sq) > 0):
         W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
-    grid = layer.realise_static(grid, per_channel_on=W_given, static_on=W)
-    p = layer.gather_index(perm)
-    R = _ordered_factor(layer.gram_sym(X), lam, p)
-    return run_ordered(R, layer.take_rows(W, p), grid, perm, lam, m, "X", rounding, key,
-                       block_size, W_original=W)
+    grid = inputs.realise_static(grid, per_channel_on=W_given, static_on=W)
+    p = gather.gather_index(perm)
+    R = _ordered_factor(gram.gram_sym(X), lam, p)
+    return run_ordered(R, gather.take_rows(W, p), grid, perm=perm, lam=lam, m=m, name="X",
+                       rounding=rounding, key=key, block_size=block_size, W_original=W)
 
 
 def _ordered_factor(XtX, lam, p):
@@ -97,36 +97,43 @@ def _ordered_factor(XtX, lam, p):
     """
     if p is None:
         return _natural_factor(XtX, lam)
-    return _reversed_factor(layer.gather_sym(XtX, p[::-1]), lam)
+    return _reversed_factor(gather.gather_sym(XtX, p[::-1]), lam)
 
 
 @jax.jit
 def _natural_factor(XtX, lam):
     """`_ordered_factor` in the natural order."""
-    return factor(layer.regularise(XtX, lam))
+    return factor(gram.regularise(XtX, lam))
 
 
 @jax.jit
 def _reversed_factor(K, lam):
-    """``R`` from ``K = J H_p J`` (the reversal commutes with `layer.regularise`)."""
-    return jnp.linalg.cholesky(layer.regularise(K, lam))[::-1, ::-1]
+    """``R`` from ``K = J H_p J`` (the reversal commutes with `gram.regularise`)."""
+    return jnp.linalg.cholesky(gram.regularise(K, lam))[::-1, ::-1]
 
 
-def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size, z_first=None,
-                W_original=None):
+def run_ordered(R, W_start, grid, *, perm, lam, m, name, rounding, key, block_size,
+                z_first=None, W_original=None) -> Result:
     """Run the kernel on ordered ``R`` and ``W_start`` and map the results back.
 
+    ``R`` (N, N) is the factor of ``H = R R^T`` in processing order (`_ordered_factor`).
     ``W_start`` is ``w(0)`` in processing order; the result holds it in original order
     (``W_original``, when the caller has it: then it is not gathered back).
     ``grid`` is a `ptq.Grid` in original order (a per-weight grid (N, n) is gathered to
     processing order for the kernel, so feature ``perm[t]`` is rounded at step t with its own
     row), `GroupTables` (a static or per-channel `GroupGrid` already fitted, see
-    `layer.realise_static`), or a dynamic `GroupGrid`, fitted group by group in the kernel.
+    `inputs.realise_static`), or a dynamic `GroupGrid`, fitted group by group in the kernel.
+
+    The options are keyword-only: ``perm`` (N,) the processing order, ``lam`` the resolved
+    ridge, ``m`` the number of samples and ``name`` the factorised matrix ("X" or "X_hat"),
+    both for `definiteness.check_factor`'s message; ``rounding``, ``key`` and ``block_size``
+    as `ptq.optq`; ``z_first`` (n,) the value step 1 rounds instead of ``w_1`` (Qronos'
+    correction step), or None.
     """
     N, n = W_start.shape
     u = None
     if rounding == "stochastic":
-        u = layer.uniforms(key, N, n, W_start.dtype)
+        u = inputs.uniforms(key, N, n, W_start.dtype)
     tables, recipe, groups = None, None, None
     if isinstance(grid, GroupTables):
         tables, grid = grid, grid.grid
@@ -142,10 +149,10 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
             groups = Groups(int(recipe.group_size), recipe.bits, recipe.kind, recipe.mse)
     grid_ordered = grid
     if grid is not None and (jnp.ndim(grid.step) == 2 or jnp.ndim(grid.zero) == 2):
-        p = layer.gather_index(perm)
+        p = gather.gather_index(perm)
         grid_ordered = grid._replace(
-            step=layer.take_rows(jnp.broadcast_to(grid.step, (N, n)), p),
-            zero=layer.take_rows(jnp.broadcast_to(grid.zero, (N, n)), p),
+            step=gather.take_rows(jnp.broadcast_to(grid.step, (N, n)), p),
+            zero=gather.take_rows(jnp.broadcast_to(grid.zero, (N, n)), p),
         )
     out = quantize_ordered(
         R,
@@ -160,7 +167,7 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
     )
     # H = R R^T; only the lam = 0 test reads its diagonal (one fused pass over R, no temporary)
     H_diag = _row_sq_norms(R) if lam == 0 else None
-    layer.check_factor(out.r, lam=lam, m=m, N=N, name=name, H_diag=H_diag)
+    definiteness.check_factor(out.r, lam=lam, m=m, N=N, name=name, H_diag=H_diag)
     if recipe is not None:  # dynamic groups: consecutive in processing order
         if groups is None:
             scales, zeros = grid.step[None], grid.zero[None]
@@ -168,9 +175,9 @@ def run_ordered(R, W_start, grid, perm, lam, m, name, rounding, key, block_size,
             scales, zeros = out.scales, out.zeros
         tables = expand(recipe, scales, zeros, group_index(N, recipe.group_size, perm))
         grid = tables.grid
-    inv = layer.gather_index(np.argsort(perm))
+    inv = gather.gather_index(np.argsort(perm))
     Q, codes = _map_back(out.k, grid.step, grid.zero, inv)
-    W_start = layer.take_rows(W_start, inv) if W_original is None else W_original
+    W_start = gather.take_rows(W_start, inv) if W_original is None else W_original
     if tables is None:
         return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start, grid)
     return Result(Q, codes, out.e, perm, lam, out.w_max, out.r, W_start, grid, tables.g_idx,
@@ -188,5 +195,5 @@ def _map_back(k, step, zero, inv):
     order; ``inv`` the inverse permutation, None for the natural order): one program that
     reads ``k`` once (N = 4096: two separate passes and a gather took 0.17 s). ``k`` is
     donated: Q takes its buffer when they have the same shape (no fresh 64 MiB at 4096)."""
-    k = layer.take_rows(k, inv)
+    k = gather.take_rows(k, inv)
     return step * k, (k + zero).astype(jnp.int32)

@@ -7,12 +7,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ptq import layer, options
+from ptq import definiteness, gather, gram, inputs, options
+from ptq._optq import run_ordered
 from ptq.grid import Grid, GroupGrid
 from ptq.kernel import HIGHEST, factor
-from ptq.layer import Result, Rounding
-from ptq._optq import run_ordered
-from ptq.options import Order, check_layer_shapes
+from ptq.options import Order, Rounding, check_layer_shapes
+from ptq.result import Result
 
 Variant = options.Variant
 VARIANTS = options.VARIANTS
@@ -68,21 +68,22 @@ def qronos(
     the factorisation fails: here that raises.
     """
     m, N, n = check_layer_shapes(X, W, X_hat)
-    layer.check_common(grid, n, rounding, key, block_size, N=N)
+    inputs.check_common(grid, n, rounding, key, block_size, N=N)
     options.check_variant(variant)
-    X, X_hat, W = layer.as_arrays(("X", X), ("X_hat", X_hat), ("W", W))
-    sq = layer.column_sq_norms(X_hat)
-    perm, lam = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
-    layer.check_rank(sq, lam=lam, m=m, name="X_hat")
-    grid = layer.realise_static(grid, per_channel_on=W, static_on=W)
-    XhXh, XhX, W_p = layer.gram_sym(X_hat), layer.gram(X_hat, X), W
-    p = layer.gather_index(perm)
-    if p is not None:  # into processing order, each gather its own program (layer.gather_sym)
-        XhXh, XhX, W_p = layer.gather_sym(XhXh, p), layer.gather_sym(XhX, p), layer.take_rows(W, p)
+    X, X_hat, W = inputs.as_arrays(("X", X), ("X_hat", X_hat), ("W", W))
+    sq = gram.column_sq_norms(X_hat)
+    perm, lam = inputs.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    definiteness.check_rank(sq, lam=lam, m=m, name="X_hat")
+    grid = inputs.realise_static(grid, per_channel_on=W, static_on=W)
+    XhXh, XhX, W_p = gram.gram_sym(X_hat), gram.gram(X_hat, X), W
+    p = gather.gather_index(perm)
+    if p is not None:  # into processing order, each gather its own program (gather.gather_sym)
+        XhXh, XhX = gather.gather_sym(XhXh, p), gather.gather_sym(XhX, p)
+        W_p = gather.take_rows(W, p)
     R, W_ls, z1 = _least_squares(XhXh, XhX, W_p, lam)
     return run_ordered(
-        R, W_ls, grid, perm, lam, m, "X_hat", rounding, key, block_size,
-        z_first=z1 if variant == "paper" else None,
+        R, W_ls, grid, perm=perm, lam=lam, m=m, name="X_hat", rounding=rounding, key=key,
+        block_size=block_size, z_first=z1 if variant == "paper" else None,
     )
 
 
@@ -91,7 +92,7 @@ def _least_squares(XhXh, XhX, W, lam):
     """From ``X_hat^T X_hat``, ``X_hat^T X`` and ``W`` in processing order: the factor ``R`` of
     ``Hh``, ``wt = Hh^{-1} G w`` and ``z_1``."""
     N = XhXh.shape[0]
-    Hh = layer.regularise(XhXh, lam)
+    Hh = gram.regularise(XhXh, lam)
     G = XhX + lam * jnp.eye(N, dtype=Hh.dtype)
     GW = jnp.dot(G, W, precision=HIGHEST)
     # Hh^{-1} = R^{-T} R^{-1}: two triangular solves with the factor the kernel uses.

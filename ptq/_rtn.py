@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ptq import layer
+from ptq import inputs
 from ptq.grid import Grid, GroupGrid, GroupTables
 from ptq.options import check_matrix
 
@@ -32,11 +32,11 @@ def rtn(W, grid: Grid | GroupGrid) -> RTNResult:
         changes nothing).
     """
     N, n = check_matrix("W", W)
-    layer.check_common(grid, n, "nearest", None, 1, N=N)
-    (W,) = layer.as_arrays(("W", W))
-    tables = layer.realise_static(grid, per_channel_on=W, static_on=W)
+    inputs.check_common(grid, n, "nearest", None, 1, N=N)
+    (W,) = inputs.as_arrays(("W", W))
+    tables = inputs.realise_static(grid, per_channel_on=W, static_on=W)
     if isinstance(tables, GroupGrid):  # dynamic groups without feedback are static ones
-        tables = layer.realise_static(tables._replace(static=True), per_channel_on=W,
+        tables = inputs.realise_static(tables._replace(static=True), per_channel_on=W,
                                       static_on=W)
     if isinstance(tables, GroupTables):
         grid = tables.grid

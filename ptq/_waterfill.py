@@ -23,12 +23,12 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from ptq import layer
+from ptq import definiteness, gather, gram, inputs
 from ptq._optq import _ordered_factor, run_ordered
 from ptq.grid import Grid
-from ptq.layer import Result
 from ptq.options import Order, check_layer_shapes
 from ptq.rate import PER, code_entropy
+from ptq.result import Result
 
 
 class WaterfillResult(NamedTuple):
@@ -114,20 +114,21 @@ def optq_waterfill(
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"`max_iter` must be an integer >= 1; got {max_iter!r}")
     m, N, n = check_layer_shapes(X, W)
-    X, W = layer.as_arrays(("X", X), ("W", W))
-    sq = layer.column_sq_norms(X)
-    perm, lam_ = layer.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
-    layer.check_rank(sq, lam=lam_, m=m, name="X")
+    X, W = inputs.as_arrays(("X", X), ("W", W))
+    sq = gram.column_sq_norms(X)
+    perm, lam_ = inputs.resolve_order_and_lam(sq, order, order_seed, lam, percdamp)
+    definiteness.check_rank(sq, lam=lam_, m=m, name="X")
     if not np.all(np.asarray(sq) > 0):
         W = jnp.where((sq == 0)[:, None], 0.0, W)  # dead features, as GPTQ
-    p = layer.gather_index(perm)
-    R = _ordered_factor(layer.gram_sym(X), lam_, p)
-    W_ordered = layer.take_rows(W, p)
+    p = gather.gather_index(perm)
+    R = _ordered_factor(gram.gram_sym(X), lam_, p)
+    W_ordered = gather.take_rows(W, p)
     r = np.asarray(jnp.diagonal(R), dtype=np.float64)
 
     def run(c):
-        res = run_ordered(R, W_ordered, waterfill_grid(r, perm, c, n), perm, lam_, m, "X",
-                          "nearest", None, block_size, W_original=W)
+        res = run_ordered(R, W_ordered, waterfill_grid(r, perm, c, n), perm=perm, lam=lam_, m=m,
+                          name="X", rounding="nearest", key=None, block_size=block_size,
+                          W_original=W)
         return res, code_entropy(np.asarray(res.codes), per=per)
 
     w = np.asarray(W, dtype=np.float64)

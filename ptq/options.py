@@ -158,18 +158,6 @@ def check_finite_numpy(name: str, A: np.ndarray) -> None:
         raise ValueError(f"`{name}` must be finite; got {bad} NaN or Inf entries")
 
 
-def check_step(step, n: int) -> np.ndarray:
-    """Return ``step`` broadcast to shape (n,) as float64; it must be finite and > 0."""
-    s = np.asarray(step, dtype=np.float64)
-    if s.ndim == 0:
-        s = np.full(n, float(s))
-    if s.shape != (n,):
-        raise ValueError(f"`step` must be a scalar or have shape (n,) = ({n},); got {s.shape}")
-    if not np.all(np.isfinite(s) & (s > 0)):
-        raise ValueError(f"`step` must be finite and > 0; got min {s.min()!r}")
-    return s
-
-
 def _nonnegative_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a real number >= 0; got {value!r}")

@@ -7,9 +7,9 @@ draw-for-draw, code-for-code comparison:
 
 * ``lam``/``percdamp`` and ``order`` are resolved by `ptq.options` (the one definition);
 * the rounding rule of `ptq.grid` (restated below, re-implemented in NumPy);
-* the dead-feature convention of `ptq.layer.regularise`;
+* the dead-feature convention of `ptq.gram.regularise`;
 * the stochastic-rounding uniforms ``u`` (N, n), passed in explicitly (row t at step t); a
-  test feeds it ``np.asarray(ptq.layer.uniforms(key, N, n, dtype))``.
+  test feeds it ``np.asarray(ptq.inputs.uniforms(key, N, n, dtype))``.
 
 Augmentation (THEORY.md section 1). ``Xa = [X; D]`` with ``D = diag(d)``, ``d_t = sqrt(lam)``,
 so ``Xa^T Xa = X^T X + lam I = H`` and ``||Xa z||^2 = ||X z||^2 + lam ||z||^2``. Dead features

@@ -13,7 +13,7 @@ processed feature ``order[t]``):
 * ``V = diag(r) R^{-1} = diag(1/U_tt) U``: row t, off the diagonal, is ``-Xa_{>t}^+ Xa_t``,
   the update OPTQ applies to the later weights per unit of error (B3, S3).
 
-Conventions shared with `ptq` (see ``ptq.layer.regularise``): a diagonal entry of H that is
+Conventions shared with `ptq` (see ``ptq.gram.regularise``): a diagonal entry of H that is
 still 0 after adding lam (a dead feature with lam = 0) is set to 1. A dead feature is
 decoupled from all others, so this only fixes its own r_t; it equals appending a row
 ``e_t^T`` to Xa, which changes no error OPTQ measures (OPTQ sets ``w_t = 0``, so

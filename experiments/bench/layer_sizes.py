@@ -43,7 +43,7 @@ from experiments.bench.agreement import agreement, brevitas_agreement
 from experiments.bench.options import Options, make_data, timer
 from experiments.bench.peer_timing import measure_brevitas, measure_qwix, measure_torch
 from experiments.bench.theory_timing import theory_times
-from ptq import layer
+from ptq import gather, gram
 from ptq._optq import _natural_factor, _ordered_factor, run_ordered
 from ptq._qronos import _least_squares
 from ptq.kernel import quantize_ordered
@@ -78,24 +78,25 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
             lambda order=order: ptq.optq(Xd, Wd, grid, block_size=B, order=order).Q).median
 
     # The parts of optq, with the arguments ptq.optq builds (natural order, percdamp 0.01).
-    XtX = layer.gram_sym(Xd)
+    XtX = gram.gram_sym(Xd)
     lam = _damp(XtX)
     perm = np.arange(N)
-    p = layer.gather_index(perm)  # None: the natural order, as ptq.optq passes it
-    row["gram_s"] = timer(opt)(lambda: layer.gram_sym(Xd)).median
+    p = gather.gather_index(perm)  # None: the natural order, as ptq.optq passes it
+    row["gram_s"] = timer(opt)(lambda: gram.gram_sym(Xd)).median
 
     def from_h():
         R = _ordered_factor(XtX, lam, p)
-        return run_ordered(R, Wd, grid, perm, lam, m, "X", "nearest", None, B).Q
+        return run_ordered(R, Wd, grid, perm=perm, lam=lam, m=m, name="X", rounding="nearest",
+                           key=None, block_size=B).Q
 
     row["optq_from_h_s"] = timer(opt)(from_h).median
     R = _ordered_factor(XtX, lam, p)
     kernel = _kernel_fn(R, Wd, grid, B)
     row["kernel_s"] = timer(opt)(kernel).median
-    H = layer.regularise(XtX, lam)
+    H = gram.regularise(XtX, lam)
     row["chol_s"] = timing.cholesky_time(H, opt.repeats, opt.min_time).median
-    row["qronos_cross_gram_s"] = timer(opt)(lambda: layer.gram(Xhd, Xd)).median
-    XhXh, XhX = layer.gram_sym(Xhd), layer.gram(Xhd, Xd)
+    row["qronos_cross_gram_s"] = timer(opt)(lambda: gram.gram(Xhd, Xd)).median
+    XhXh, XhX = gram.gram_sym(Xhd), gram.gram(Xhd, Xd)
     lam_h = _damp(XhXh)
     row["qronos_lsq_s"] = timer(opt)(lambda: _least_squares(XhXh, XhX, Wd, lam_h)).median
 
@@ -108,17 +109,17 @@ def measure_ptq(N: int, opt: Options, row: dict) -> dict:
     row["device_peak_mb"] = dev / 2**20 if dev is not None else math.nan
 
     # Compile times of the jitted pieces, from cleared caches (lower + compile each). On the
-    # CPU the two Gram products are NumPy's BLAS (ptq.layer.gram_sym / gram): nothing to
+    # CPU the two Gram products are NumPy's BLAS (ptq.gram.gram_sym / gram): nothing to
     # compile, reported as NaN.
     jax.clear_caches()
     pieces = {
-        "gram_sym": lambda: layer._gram_sym_xla.lower(Xd),
+        "gram_sym": lambda: gram._gram_sym_xla.lower(Xd),
         "factor": lambda: _natural_factor.lower(XtX, lam),
         "kernel": lambda: _kernel_lowering(R, Wd, grid, B),
-        "cross_gram": lambda: layer._gram_xla.lower(Xhd, Xd),
+        "cross_gram": lambda: gram._gram_xla.lower(Xhd, Xd),
         "least_squares": lambda: _least_squares.lower(XhXh, XhX, Wd, lam_h),
     }
-    if layer._on_host(Xd, Xhd):
+    if gram._on_host(Xd, Xhd):
         row["compile_gram_sym_s"] = row["compile_cross_gram_s"] = math.nan
         del pieces["gram_sym"], pieces["cross_gram"]
     total = 0.0
@@ -159,7 +160,7 @@ def block_sweep(N: int, blocks, opt: Options) -> list[dict]:
     X, _, W = make_data(N, opt.seed)
     Xd, Wd = jax.device_put(X), jax.device_put(W)
     grid = ptq.Grid.fit(Wd, opt.bits, kind="asymmetric", per="neuron")
-    XtX = layer.gram_sym(Xd)
+    XtX = gram.gram_sym(Xd)
     lam = _damp(XtX)
     R = _ordered_factor(XtX, lam, jnp.arange(N))
     rows = []

@@ -55,7 +55,7 @@ class Case:
     def u(self, dtype=np.float64) -> np.ndarray:
         """The uniforms ptq draws from ``key()``: the reference consumes the same ones."""
         N, n = self.W.shape
-        return np.asarray(ptq.layer.uniforms(self.key(), N, n, dtype), dtype=np.float64)
+        return np.asarray(ptq.inputs.uniforms(self.key(), N, n, dtype), dtype=np.float64)
 
     def __repr__(self):  # what hypothesis prints for a failing example
         m, N = self.X.shape

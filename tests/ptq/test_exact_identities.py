@@ -12,13 +12,13 @@ families: I1 5e-14, I2 2e-14 (orthogonality 1e-13), I3 5e-13, I4 1.5e-14, I5 2e-
 1e-9 has a margin of over 1000 while a 1e-6 relative error in the kernel's feedback fails.
 """
 
+import _ptq_cases as C
 import numpy as np
 import pytest
 import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _ptq_cases as C
 from ptq import reference
 
 RTOL = 1e-9  # see module docstring

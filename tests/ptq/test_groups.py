@@ -7,15 +7,15 @@ group sizes, the clipping search) comes from the group kinds of `_ptq_cases.GRID
 which test_optq, test_qronos and test_exact_identities draw like every other grid.
 """
 
+import _ptq_cases as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_optq import check_invariants, tol_for
 
-import _ptq_cases as C
 import ptq
 from ptq import reference
-from test_optq import check_invariants, tol_for
 
 KINDS = ("symmetric", "asymmetric")
 ALGS = ("optq", "optq_stochastic", "qronos_paper", "qronos_ls_first")
@@ -37,10 +37,10 @@ def run(alg, X, X_hat, W, grid, block_size=128, **kw):
         stochastic = alg == "optq_stochastic"
         key = jax.random.key(3)
         skw = dict(rounding="stochastic", key=key) if stochastic else {}
-        u = np.asarray(ptq.layer.uniforms(key, N, n, jnp.float64)) if stochastic else None
+        u = np.asarray(ptq.inputs.uniforms(key, N, n, jnp.float64)) if stochastic else None
         rkw = dict(rounding="stochastic", u=u) if stochastic else {}
-        return (ptq.optq(X, W, grid, **kw, **skw, **bkw), reference.optq(X, W, grid, **kw, **rkw), u,
-                X)
+        return (ptq.optq(X, W, grid, **kw, **skw, **bkw), reference.optq(X, W, grid, **kw, **rkw),
+                u, X)
     variant = alg.split("_", 1)[1]
     return (ptq.qronos(X, X_hat, W, grid, variant=variant, **kw, **bkw),
             reference.qronos(X, X_hat, W, grid, variant=variant, **kw), None, X_hat)

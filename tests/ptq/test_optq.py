@@ -1,12 +1,12 @@
 """ptq.optq: invariants of the output, agreement with the float64 oracle, float32 agreement."""
 
+import _ptq_cases as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import _ptq_cases as C
 import ptq
 from ptq import kernel, reference
 
@@ -175,7 +175,7 @@ def test_float32_agrees_with_float64_reference(float32, family, stochastic):
     kw = {"rounding": "stochastic", "key": key} if stochastic else {}
     res = ptq.optq(X, W, grid, order="decreasing_norm", **kw)
     check_invariants(res, grid, N, n, jnp.float32)
-    u = np.asarray(ptq.layer.uniforms(key, N, n, jnp.float32), np.float64) if stochastic else None
+    u = np.asarray(ptq.inputs.uniforms(key, N, n, jnp.float32), np.float64) if stochastic else None
     ref = reference.optq(
         X, W, grid, order="decreasing_norm", rounding="stochastic" if stochastic else "nearest", u=u
     )
@@ -217,19 +217,19 @@ def test_gram_products_on_the_host_match_xla_and_the_float64_product(dtype, N):
     """On the CPU, gram_sym / gram go to NumPy's BLAS (syrk / gemm). Both routes agree with
     the float64 product to the dtype's rounding (N eps relative to |X|^T |X|), gram_sym is
     exactly symmetric either way, and under jit (a tracer) XLA computes them."""
-    from ptq import layer
+    from ptq import gram
 
     rng = np.random.default_rng(N)
     A64 = rng.standard_normal((257, N))
     B64 = A64 + 0.1 * rng.standard_normal((257, N))
     A, B = jnp.asarray(A64, dtype), jnp.asarray(B64, dtype)
-    assert layer._on_host(A, B)
+    assert gram._on_host(A, B)
     eps = float(jnp.finfo(dtype).eps)
     a, b = (np.asarray(M, np.float64) for M in (A, B))  # the rounded inputs, exactly
     exact = [(a.T @ a, np.abs(a).T @ np.abs(a)), (a.T @ b, np.abs(a).T @ np.abs(b))]
-    routes = {"host": (layer.gram_sym(A), layer.gram(A, B)),
-              "xla": (layer._gram_sym_xla(A), layer._gram_xla(A, B)),
-              "jit": (jax.jit(layer.gram_sym)(A), jax.jit(layer.gram)(A, B))}
+    routes = {"host": (gram.gram_sym(A), gram.gram(A, B)),
+              "xla": (gram._gram_sym_xla(A), gram._gram_xla(A, B)),
+              "jit": (jax.jit(gram.gram_sym)(A), jax.jit(gram.gram)(A, B))}
     for name, (H, G) in routes.items():
         assert H.dtype == G.dtype == dtype, name
         H, G = np.asarray(H, np.float64), np.asarray(G, np.float64)

@@ -177,7 +177,7 @@ def test_per_feature_group_grid_with_random_g_idx():
     """A group-wise grid as (N, n) per-feature tables (act_order: groups scattered over the
     features) is compressed to (G, n) with g_idx and dequantizes to the same weights."""
     rng = np.random.default_rng(3)
-    N, n, G, bits = 96, 32, 3, 3
+    N, n, G = 96, 32, 3
     g_idx = rng.permutation(np.arange(N) // 32)
     S = rng.uniform(0.01, 0.1, (G, n))
     Z = rng.integers(1, 8, (G, n)).astype(float)

@@ -1,15 +1,15 @@
 """ptq.qronos (both variants): invariants, agreement with the oracle, reductions to OPTQ."""
 
+import _ptq_cases as C
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_optq import check_invariants, tol_for
 
-import _ptq_cases as C
 import ptq
 from ptq import reference
-from test_optq import check_invariants, tol_for
 
 VARIANTS = ("paper", "ls_first")
 

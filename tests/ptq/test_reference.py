@@ -3,12 +3,12 @@
 import subprocess
 import sys
 
+import _ptq_cases as C
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _ptq_cases as C
 import ptq
 from ptq import reference
 

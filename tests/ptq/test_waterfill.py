@@ -9,9 +9,9 @@ fail with their names.
 import math
 
 import numpy as np
-import ptq
 import pytest
 
+import ptq
 import theory
 from theory import rate_distortion as rd
 

@@ -54,7 +54,7 @@ def test_identities_hold_with_group_steps(case, layout):
     rn = theory.residual_norms(X, M="rows", **opts)
     key = jax.random.key(case["seed"])
     N, n = W.shape
-    u = np.asarray(ptq.layer.uniforms(key, N, n, np.float64))
+    u = np.asarray(ptq.inputs.uniforms(key, N, n, np.float64))
     for rounding in ("nearest", "stochastic"):
         ref = ptq.reference.optq(X, W, grid, rounding=rounding, u=u, **opts)
         res = ptq.optq(X, W, grid, rounding=rounding, key=key, **opts)
