@@ -60,6 +60,7 @@ from experiments.studies import lm
 from experiments.studies import minilm as sequential
 from experiments.studies.minilm import _adapter
 from ptq import pack as pk
+from ptq.grid import group_index as group_index_of
 
 OUT = "runs/checkpoints"
 SEED_CLAIM = 68.0  # seed 002: "up to 68% reduction in model size"
@@ -165,13 +166,8 @@ def group_index(ctx) -> np.ndarray | None:
     gs, static = _groups(ctx)
     if gs is None:
         raise ValueError(f"layer {ctx.name!r}: a per-feature grid needs a group size")
-    N = ctx.W.shape[0]
     order = getattr(ctx.result, "order", None)
-    if order is None or static:
-        return pk.group_index(N, gs)
-    g = np.empty(N, np.int32)
-    g[np.asarray(order)] = np.arange(N) // gs
-    return g
+    return group_index_of(ctx.W.shape[0], gs, None if static else order)
 
 
 def _groups(ctx) -> tuple[int | None, bool]:
