@@ -106,6 +106,7 @@ def _float32():
     jax.config.update("jax_enable_x64", True)
 
 
+@pytest.mark.model
 def test_driver_overrides_give_each_layer_its_bits(model):
     from experiments import driver as qm
     from experiments.studies import qat
@@ -132,6 +133,8 @@ def test_driver_overrides_give_each_layer_its_bits(model):
                           overrides={names[0]: {"bits": 0}})
 
 
+@pytest.mark.model
+@pytest.mark.study
 def test_smoke_study_through_reproduce(tmp_path):
     from experiments import reproduce
 

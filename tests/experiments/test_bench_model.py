@@ -23,6 +23,8 @@ from experiments.bench import model as bm
 from experiments.bench import model_report, peers, whole_model
 from experiments.bench.__main__ import parse
 
+pytestmark = pytest.mark.model
+
 
 def _needs_model():
     from experiments.models import smollm2

@@ -20,7 +20,7 @@ from experiments.driver import make_options
 from experiments.studies import checkpoint as ck
 from ptq import pack as pk
 
-pytestmark = pytest.mark.real
+pytestmark = pytest.mark.model
 
 # Reloaded vs in-memory (float32 steps): each weight moves by its scale's float16 rounding,
 # <= 2^-11 relative, plus float32 rounding of the product (2^-24, twice).

@@ -13,7 +13,7 @@ import pytest
 from experiments import reproduce
 from experiments.studies import lm_calibration
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
+pytestmark = [pytest.mark.model, pytest.mark.study]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from experiments.models import smollm2
 from experiments.studies import lm
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
+pytestmark = [pytest.mark.model, pytest.mark.study]
 
 EXPECTED_BOUNDS = {"optq": {"B1", "B2", "B3"}, "qronos": {"Q1"}}
 N_LAYERS = 30 * 7

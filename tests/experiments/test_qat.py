@@ -19,6 +19,8 @@ import pytest
 from experiments.models.minilm import weights
 from experiments.studies import qat, qat_training
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -113,6 +115,7 @@ def test_least_squares_scales_never_increase_a_layer_error(model, batch):
         assert e["applied"] == pytest.approx(e["ls_channel"], rel=1e-6)
 
 
+@pytest.mark.study
 def test_smoke_study_through_reproduce(tmp_path):
     from experiments import reproduce
 

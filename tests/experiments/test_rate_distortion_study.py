@@ -19,6 +19,8 @@ from experiments.models.minilm import weights
 from experiments.studies import rate_distortion as study
 from theory import rate_distortion as rd
 
+pytestmark = [pytest.mark.model, pytest.mark.study]
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

@@ -38,6 +38,7 @@ def test_smoke_sweep_records_every_point_without_violation(smoke_runs, preset):
                 assert b["violations"] == 0, (name, r["config"])
 
 
+@pytest.mark.study
 @pytest.mark.parametrize("preset, launcher", [("mismatch", "basic"), ("bits", "local")])
 def test_hydra_multirun_command_line(tmp_path, preset, launcher):
     """The documented command, with the joblib launcher (2 workers) and the basic one."""

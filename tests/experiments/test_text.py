@@ -141,10 +141,12 @@ def test_whole_dump_stripped(articles):
         assert not any(line.lower() in wikitext.APPENDIX_TITLES for line in plain.split("\n"))
 
 
+@pytest.mark.model
 def test_committed_ids_equal_a_fresh_derivation(derived):
     assert text.check(d=derived) == []
 
 
+@pytest.mark.model
 def test_check_reports_a_difference(derived, tmp_path):
     shutil.copy(text.PROVENANCE_FILE, tmp_path / text.PROVENANCE_FILE.name)
     arrays = text._arrays(derived)
@@ -155,6 +157,7 @@ def test_check_reports_a_difference(derived, tmp_path):
     assert any("SHA-256" in p for p in problems) and any(p.startswith("heldout:") for p in problems)
 
 
+@pytest.mark.model
 def test_cli_check_exit_codes(tmp_path, derived, monkeypatch):
     monkeypatch.setattr(text, "derive", lambda: derived)  # the derivation is tested above
     assert text.main(["--check"]) == 0
@@ -165,6 +168,7 @@ def test_cli_check_exit_codes(tmp_path, derived, monkeypatch):
     assert text.main(["--check", "--out", str(tmp_path)]) == 1
 
 
+@pytest.mark.model
 def test_npz_bytes_are_deterministic(derived, tmp_path):
     text.save_npz(tmp_path / "a.npz", text._arrays(derived))
     assert text.file_sha256(tmp_path / "a.npz") == text.file_sha256(text.TOKENS_FILE)

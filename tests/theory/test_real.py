@@ -12,7 +12,7 @@ import pytest
 import ptq
 import theory
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
+pytestmark = pytest.mark.model
 SLACK = 1 + 1e-9  # float64 rounding of the measured error
 
 

@@ -16,7 +16,7 @@ import ptq
 from experiments import driver as qm
 from experiments.models.minilm import activations
 
-pytestmark = pytest.mark.real
+pytestmark = pytest.mark.model
 
 TOKENS = 512
 GS = 128

@@ -14,7 +14,7 @@ from experiments.models.minilm import activations, bert, text, weights
 from experiments.models.minilm.weights import LAYER_NAMES
 from experiments.studies.minilm import layer_data
 
-pytestmark = pytest.mark.real
+pytestmark = pytest.mark.model
 
 M = 256  # calibration tokens for the layout tests: several sequences, cheap to compute
 

@@ -13,7 +13,7 @@ from experiments.models.minilm.weights import LAYER_NAMES
 from experiments.studies import minilm as sequential
 from experiments.studies.minilm import layer_data, quantize_encoder
 
-pytestmark = pytest.mark.real
+pytestmark = pytest.mark.model
 
 # Rows of every X: the default calibration size, above N = 1536 of output.dense, so the
 # bounds test stays in B2's N <= m form (its N > m form needs O((N - m) m^3) per layer).

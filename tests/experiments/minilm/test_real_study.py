@@ -13,7 +13,7 @@ from experiments import reproduce
 from experiments.models.minilm.weights import LAYER_NAMES
 from experiments.studies.minilm import STUDY as study
 
-pytestmark = [pytest.mark.real, pytest.mark.slow]
+pytestmark = [pytest.mark.model, pytest.mark.study]
 
 EXPECTED_BOUNDS = {"optq": {"B1", "B2", "B3"}, "qronos": {"Q1"}}
 

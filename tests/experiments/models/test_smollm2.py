@@ -23,6 +23,9 @@ from gguf.quants import dequantize
 from experiments.models import Batch, run_block
 from experiments.models import smollm2 as S
 
+pytestmark = pytest.mark.model
+
+
 # Plain English prose written for this test (so the model cannot have seen it verbatim).
 PROSE = """\
 The bicycle was not invented in a single moment but assembled over the course of a century. \
