@@ -157,6 +157,12 @@ class StudyCommand:
         """Every record of a study folder (`experiments.records.load_records`)."""
         return records.load_records(out_dir, ids)
 
+    def size(self, name: str):
+        """The size called ``name`` (ValueError naming the sizes there are otherwise)."""
+        if name not in self.sizes:
+            raise ValueError(f"`size` must be one of {sorted(self.sizes)}; got {name!r}")
+        return self.sizes[name]
+
     def record_ids(self, size: str) -> set[str] | None:
         """The ids of the records ``size`` makes (None: every record of the folder)."""
         return None
@@ -246,9 +252,7 @@ class Study(StudyCommand):
                           x64=self.x64(cfg))
 
     def configs(self, size: str) -> list[dict[str, Any]]:
-        if size not in self.sizes:
-            raise ValueError(f"`size` must be one of {sorted(self.sizes)}; got {size!r}")
-        s = self.sizes[size]
+        s = self.size(size)
         bits = {"practical": s.bits, "bounds": s.bounds_bits}
         return [self.config(p, name, b, s, variant=v) for v in s.variants for p in PASSES
                 for b in bits[p] for name in getattr(s, p)]

@@ -363,9 +363,7 @@ class AllocationStudy(StudyCommand):
     sizes = SIZES
 
     def run_study(self, size_name: str, folder: str) -> int:
-        if size_name not in SIZES:
-            raise ValueError(f"`size` must be one of {sorted(SIZES)}; got {size_name!r}")
-        size = SIZES[size_name]
+        size = self.size(size_name)
         ran = 0
         for seed in size.seeds:
             cfg = {"study": self.key, "seed": seed, "budgets": list(size.budgets),

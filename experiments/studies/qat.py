@@ -269,9 +269,7 @@ class QATStudy(Study):
     """`experiments.study.Study` with this study's configurations and records."""
 
     def configs(self, size: str) -> list[dict[str, Any]]:
-        if size not in self.sizes:
-            raise ValueError(f"`size` must be one of {sorted(self.sizes)}; got {size!r}")
-        s = self.sizes[size]
+        s = self.size(size)
         out = []
         for seed in s.seeds:
             for b in s.bits:

@@ -177,9 +177,7 @@ class RateDistortionStudy(StudyCommand):
         return size.layers
 
     def run_study(self, size_name: str, folder: str) -> int:
-        if size_name not in SIZES:
-            raise ValueError(f"`size` must be one of {sorted(SIZES)}; got {size_name!r}")
-        size = SIZES[size_name]
+        size = self.size(size_name)
         names = self.layer_names(size)
         fp = None
         ran = 0
