@@ -37,13 +37,18 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 reproduce: install
 	$(PY) -m experiments.reproduce
 
+# The whole suite on $(TEST_WORKERS) worker processes, each taking whole files (a file's
+# module fixtures, such as a study run at smoke size, are then made once); TEST_WORKERS=0
+# runs it in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The fast tier: every test that loads a model, runs a study or a whole sweep, or starts a
 # cluster carries a marker (pyproject.toml), and this tier leaves them out (about 3 minutes).
 test-fast: install
-	$(PY) -m pytest -m "not slow and not model and not study and not slurm"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile \
+		-m "not slow and not model and not study and not slurm"
 
 # ruff, and the import contract of pyproject.toml ([tool.importlinter]).
 lint: install

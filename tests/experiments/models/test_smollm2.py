@@ -22,6 +22,7 @@ from gguf.quants import dequantize
 
 from experiments.models import Batch, run_block
 from experiments.models import smollm2 as S
+from experiments.models.smollm2 import reader
 
 pytestmark = pytest.mark.model
 
@@ -180,7 +181,7 @@ def test_altered_truncated_or_missing_file_names_the_install_command(tmp_path, m
     def absent(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(S.importlib.metadata, "distribution", absent)
+    monkeypatch.setattr(reader.importlib.metadata, "distribution", absent)
     with pytest.raises(S.ModelMissingError) as info:
         S.model_path()
     assert S.INSTALL_COMMAND in str(info.value)
@@ -203,11 +204,11 @@ def test_210_linear_layers_with_transposed_weights(model):
     assert model.layer_name(29, "down_proj") == "model.layers.29.mlp.down_proj"
     # W is the transpose of the GGUF tensor (out, in), dequantized here with gguf directly
     # (the reader is the cached one: parsing the metadata again would cost seconds).
-    t = {t.name: t for t in S._reader().tensors}
+    t = {t.name: t for t in reader._reader().tensors}
     types = {name: t[name].tensor_type.name for name in t}
     assert types["token_embd.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
-    assert {types[f"blk.{i}.{g}.weight"] for i in range(30) for g in S.GGUF_NAMES.values()} == {
-        "Q4_1"}  # all 210 linear layers
+    linear = {types[f"blk.{i}.{g}.weight"] for i in range(30) for g in reader.GGUF_NAMES.values()}
+    assert linear == {"Q4_1"}  # all 210 linear layers
     k = dequantize(t["blk.3.attn_k.weight"].data, t["blk.3.attn_k.weight"].tensor_type)
     assert k.shape == (192, 576)
     np.testing.assert_array_equal(np.asarray(p["blocks"][3]["k_proj"][0]), k.T)
