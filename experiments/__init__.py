@@ -16,6 +16,7 @@ in pyproject.toml checks that no module imports a layer above its own):
 """
 
 import logging
+import os
 
 
 def console_logging(level: int = logging.INFO) -> None:
@@ -24,3 +25,15 @@ def console_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(message)s")
     for noisy in ("jax", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def enable_compile_cache() -> None:
+    """Persist JAX's compiled programs across processes (the same shapes reuse them), in
+    ``$PTQ_JAX_CACHE`` (default ``~/.cache/provable-ptq/jax``); `experiments.reproduce` and the
+    test suite turn it on."""
+    import jax
+
+    path = os.environ.get("PTQ_JAX_CACHE", os.path.expanduser("~/.cache/provable-ptq/jax"))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

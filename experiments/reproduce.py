@@ -51,7 +51,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from experiments import console_logging, records, sweep
+from experiments import console_logging, enable_compile_cache, records, sweep
 from experiments.figures import (
     bits,
     common,
@@ -84,16 +84,6 @@ def in_default(name: str) -> bool:
     """Whether the plain default reproduce runs study ``name`` (its ``in_default_reproduce``,
     True unless the study says otherwise)."""
     return bool(getattr(STUDIES[name], "in_default_reproduce", True))
-
-
-def enable_compile_cache() -> None:
-    """Persist JAX's compiled kernels across processes (same shapes reuse them)."""
-    import jax
-
-    path = os.environ.get("PTQ_JAX_CACHE", os.path.expanduser("~/.cache/provable-ptq/jax"))
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def summarize(folder: str) -> dict:

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from experiments import enable_compile_cache
+
 jax.config.update("jax_enable_x64", True)
+enable_compile_cache()  # compiled programs persist across runs and workers (~/.cache)
 
 # "ci" is the default: bounded example counts keep the suite inside its time budget.
 settings.register_profile(
