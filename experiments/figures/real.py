@@ -149,7 +149,8 @@ def build_bounds(layers: pd.DataFrame, out_dir: str, figure: str = "real_bounds"
         ax.set_title(f"{title}, {bits} bits")
         ax.set_ylabel("Frobenius norm over neurons")
         _block_lines(ax, int(b["index"].max()) + 1, per_block)
-        ax.legend(loc="best", fontsize=6.5)
+        if ax.get_legend_handles_labels()[0]:  # a pass without this configuration draws none
+            ax.legend(loc="best", fontsize=6.5)
     ax = axes[2]
     d = b[b.bound.isin(DETERMINISTIC) & (b.checked == True)]  # noqa: E712 (object column)
     worst = d.groupby(["index", "bound"], as_index=False).ratio_max.max()
