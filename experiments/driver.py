@@ -47,7 +47,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import ptq
-from experiments import bounds as eb
 from experiments import measure as me
 from experiments.data import Layer
 from experiments.measure import ALGORITHMS
@@ -386,10 +385,9 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
                                     on_layer=theory_bounds)
         records[7]["bounds"]["Q1"]["violations"]
 
-    It reuses the synthetic runs' definitions of clipping (`experiments.measure.clipped`) and of
-    which bound applies and how it is checked (`experiments.bounds.applicable` / `evaluate`),
-    so synthetic and model layers are judged alike; the measurements are the driver's
-    (``ctx.measured``). X, X_hat and W enter in float64.
+    It is the synthetic runs' judgement (`experiments.measure.check_bounds`: clipping, which
+    bound applies and how it is checked), so synthetic and model layers are judged alike; the
+    measurements are the driver's (``ctx.measured``). X, X_hat and W enter in float64.
 
     Returns ``{"measured": {name: (n,) array}, "clipped": bool, "bounds": {B1: {...}, ...}}``
     with, per bound, the per-neuron values, violations and tightness ratios (measured /
@@ -402,17 +400,10 @@ def theory_bounds(ctx: LayerContext, *, p: float = P_DEFAULT) -> dict:
     step = me.realised_step(ctx.grid, W.shape)  # (N, n) with group-wise grids, else (n,)
     res = None if o.algorithm == "rtn" else ctx.result
     precision = "float64" if jax.config.read("jax_enable_x64") else "float32"
-    rtol = eb.RTOL[precision]
-    is_paper = o.algorithm == "qronos" and o.variant == "paper"
-    clip = me.clipped(res, step, o.rounding, is_paper, rtol)
-    names = eb.applicable(o.algorithm, o.rounding, mismatched=not np.array_equal(X, X_hat))
-    checked = {}
-    if names:
-        checked = eb.evaluate(
-            names, X_f=X_hat, X=X, X_hat=X_hat, W=W, step=step, lam=res.lam,
-            order=np.asarray(res.order), variant=o.variant, p=p, measured=ctx.measured,
-            clipped=clip, precision=precision,
-        )
+    clip, checked = me.check_bounds(
+        Layer(X, X_hat, W, ctx.name), res, step, ctx.measured, algorithm=o.algorithm,
+        rounding=o.rounding, variant=o.variant, mismatched=not np.array_equal(X, X_hat), p=p,
+        precision=precision)
     return {"measured": ctx.measured, "clipped": clip, "bounds": checked}
 
 

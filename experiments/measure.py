@@ -178,6 +178,24 @@ def realised_step(grid, shape: tuple[int, int]) -> np.ndarray:
     return step.copy() if step.ndim == 2 else np.broadcast_to(step, (shape[1],)).copy()
 
 
+def check_bounds(layer: Layer, result, step, measured: dict, *, algorithm: str, rounding: str,
+                 variant: str, mismatched: bool, p: float,
+                 precision: str) -> tuple[bool, dict[str, Any]]:
+    """Whether any rounding clipped (`clipped`) and every bound that applies to the run
+    (`experiments.bounds.applicable`) evaluated against ``measured`` (`bounds.evaluate`, the
+    factorised inputs being ``X_hat``); ``result`` None (RTN) has no bound. The one judgement of
+    synthetic runs (`compute`) and model layers (`experiments.driver.theory_bounds`)."""
+    is_paper = algorithm == "qronos" and variant == "paper"
+    clip = clipped(result, step, rounding, is_paper, bounds.RTOL[precision])
+    names = bounds.applicable(algorithm, rounding, mismatched)
+    if not names:
+        return clip, {}
+    return clip, bounds.evaluate(
+        names, X_f=layer.X_hat, X=layer.X, X_hat=layer.X_hat, W=layer.W, step=step,
+        lam=float(result.lam), order=np.asarray(result.order), variant=variant, p=p,
+        measured=measured, clipped=clip, precision=precision)
+
+
 def compute(spec: schema.Config, layer: Layer) -> dict[str, Any]:
     """The body of a record for a validated config and its layer (raises on failure)."""
     t0 = time.perf_counter()
@@ -186,18 +204,13 @@ def compute(spec: schema.Config, layer: Layer) -> dict[str, Any]:
     step = realised_step(grid, layer.W.shape)
     a = spec.algorithm
     measured = measure(layer, Q, result, step)
-    rtol = bounds.RTOL[spec.precision.value]
-    is_paper = a.method == schema.Method.qronos and a.variant == schema.Variant.paper
-    clip = clipped(result, step, a.rounding.value, is_paper, rtol)
     mismatched = not np.array_equal(layer.X, layer.X_hat)
-    names = bounds.applicable(a.method.value, a.rounding.value, mismatched)
+    clip, evaluated = check_bounds(layer, result, step, measured, algorithm=a.method.value,
+                                   rounding=a.rounding.value, variant=a.variant.value,
+                                   mismatched=mismatched, p=spec.p,
+                                   precision=spec.precision.value)
     lam = float(result.lam) if result is not None else None
     order = np.asarray(result.order) if result is not None else None
-    evaluated = bounds.evaluate(
-        names, X_f=layer.X_hat, X=layer.X, X_hat=layer.X_hat, W=layer.W, step=step, lam=lam,
-        order=order, variant=a.variant.value, p=spec.p, measured=measured, clipped=clip,
-        precision=spec.precision.value,
-    ) if names else {}
     guide = guidance(spec, layer, order) if spec.guidance and order is not None else None
     t2 = time.perf_counter()
     K = None if not grid.is_finite else float(min(-np.min(grid.index_bounds()[0]),
