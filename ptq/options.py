@@ -45,6 +45,24 @@ def check_variant(variant) -> None:
         raise ValueError(f"`variant` must be one of {VARIANTS}; got {variant!r}")
 
 
+def check_strength(strength, variant) -> float:
+    """Qronos' correction strength: a number in [0, 1], only 1 for the paper variant.
+
+    Returns it as a Python float; ValueError naming the argument otherwise ("auto" is
+    handled by the caller, `ptq.qronos`)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise ValueError(f'`strength` must be a number in [0, 1] or "auto"; got {strength!r}')
+    a = float(strength)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"`strength` must lie in [0, 1]; got {strength!r}")
+    if variant == "paper" and a != 1.0:
+        raise ValueError(
+            f'`strength` other than 1 needs `variant="ls_first"` (the paper variant\'s first '
+            f"step is defined at full strength only); got strength={strength!r} with "
+            f"variant={variant!r}")
+    return a
+
+
 def resolve_lam(diag_mean: float, lam: float | None, percdamp: float | None) -> float:
     """Return the absolute regularisation ``lam`` from ``lam`` or ``percdamp``.
 

@@ -31,3 +31,5 @@ class Result(NamedTuple):
     g_idx: jax.Array | None = None  # (N,) int32: group of each feature (GroupGrid groups)
     scales: jax.Array | None = None  # (G, n) float: group steps (GroupGrid only; G = 1 per channel)
     zeros: jax.Array | None = None  # (G, n) float: group zero points (GroupGrid only)
+    strength: float | None = None  # Qronos: the correction strength a used (None: OPTQ)
+    selection: object | None = None  # Qronos "auto": the `ptq.select.Selection` behind a, lam

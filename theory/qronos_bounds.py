@@ -72,6 +72,16 @@ def least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors) -> Lea
     return LeastSquares(f, W_ls, z1, E_ls, res, X, X_hat, Wp)
 
 
+def uncorrected(ls: LeastSquares, strength: float) -> np.ndarray:
+    """``c = (1 - a) diag(1/rh) R^T (wt - w')`` (N, n), processing order: ``wt - w_a`` written as
+    ``R^{-T} diag(rh) c``, so that ``Xha (wt - w_a) = Mh c`` with orthogonal columns of norms rh.
+
+    ``w'`` is ``w`` with the dead features of X_hat zeroed (the start of `ptq.optq`)."""
+    f = ls.factors
+    D = ls.W_ls - np.where(f.live[:, None], ls.Wp, 0.0)
+    return (1.0 - strength) * triangular_times(f.R, D) / f.r[:, None]
+
+
 def triangular_times(R: np.ndarray, D: np.ndarray) -> np.ndarray:
     """``R^T D`` for R (N, N) upper triangular (C order), by BLAS trmm: ``N^2 n`` flops.
 
@@ -94,6 +104,7 @@ def qronos_l2_bound(
     step,
     *,
     variant: Variant = "paper",
+    strength: float = 1.0,
     lam: float | None = None,
     percdamp: float | None = None,
     order: options.Order = "natural",
@@ -101,6 +112,12 @@ def qronos_l2_bound(
     factors: Factors | None = None,
 ) -> np.ndarray:
     r"""Q1: ``||X w - X_hat q||_2 <= sqrt(E_LS^2 + sum_t b_t^2 rh_t^2)``, per neuron.
+
+    At a strength ``a < 1`` (``variant="ls_first"``, OPTQ on X_hat started from
+    ``w_a = w' + a (wt - w')``), Q4: ``sqrt(E_LS^2 + sum_t (|c_t| + delta_t/2)^2 rh_t^2)`` with
+    ``c = (1 - a) diag(1/rh) R^T (wt - w')`` (processing order): the coordinates of the
+    uncorrected part ``X_hat (wt - w_a)`` in I4's orthogonal basis (README section 5). At
+    ``a = 1`` it is Q1; at ``a = 0`` it is OPTQ ignoring the mismatch, sharper than Q2.
 
     From I5, ``||ya - Xha q||^2 = E_LS^2 + sum_t e_t^2 rh_t^2`` and the left side is
     ``||Xw - X_hat q||^2 + lam ||w - q||^2``. ``b_t = delta/2`` bounds ``|e_t|``, except for the
@@ -118,10 +135,18 @@ def qronos_l2_bound(
       (n,) the bound per neuron (it bounds the augmented error as well).
     """
     options.check_variant(variant)
+    a = options.check_strength(strength, variant)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
     N, n = ls.Wp.shape
     st = check_steps(step, N, n)
     rh2 = ls.factors.r**2
+    if a < 1:
+        c = np.abs(uncorrected(ls, a))
+        D = in_processing_order(st, ls.factors.order) if st.per_weight else per_neuron(st, n)
+        b = c + np.broadcast_to(D, (N, n)) / 2
+        if a == 0:  # OPTQ: a dead feature starts at 0, gets no feedback and rounds to 0
+            b = np.where(ls.factors.live[:, None], b, 0.0)
+        return np.sqrt(ls.E_ls**2 + rh2 @ b**2)
     if st.per_weight:
         D = in_processing_order(st, ls.factors.order)
         s1 = D[0]  # the step of the first rounded weight
@@ -188,6 +213,7 @@ def qronos_linf_bound(
     *,
     p: float = 0.05,
     variant: Variant = "paper",
+    strength: float = 1.0,
     lam: float | None = None,
     percdamp: float | None = None,
     order: options.Order = "natural",
@@ -202,6 +228,8 @@ def qronos_linf_bound(
     (THEORY.md's form). For "paper", ``e_1 = (wt_1 - z_1) + (z_1 - Qs(z_1))`` has mean
     ``wt_1 - z_1``, a deterministic offset that joins the centre:
     ``c = X w - X_hat wt + (wt_1 - z_1) Mh_1`` (THEORY.md's form omits it; see README).
+    At a strength ``a < 1`` the uncorrected part ``X_hat (wt - w_a) = Mh c`` (see
+    :func:`uncorrected`) is deterministic and joins the centre: ``c_X = X w - X_hat wt + Mh c``.
     With a step per weight (fixed before the run) the random part is
     ``sqrt(log(2m/p)/2) max_i sqrt(sum_t delta_t^2 Mh_it^2)`` per neuron (README section 7).
 
@@ -211,6 +239,7 @@ def qronos_linf_bound(
       (n,) the bound per neuron.
     """
     options.check_variant(variant)
+    a = options.check_strength(strength, variant)
     p = check_p(p)
     ls = least_squares(X, X_hat, W, lam, percdamp, order, order_seed, factors)
     m = ls.X.shape[0]
@@ -220,6 +249,8 @@ def qronos_linf_bound(
     centre = ls.residual
     if variant == "paper":
         centre = centre + MX[:, :1] * (ls.W_ls[0] - ls.z1)[None, :]
+    if a < 1:  # X_hat (wt - w_a) = Mh c, deterministic: it joins the centre
+        centre = centre + MX @ uncorrected(ls, a)
     if st.per_weight:
         D = in_processing_order(st, ls.factors.order)
         return np.max(np.abs(centre), axis=0) + hoeffding_factor(m, p) * weighted_row_max(MX, D)
