@@ -57,17 +57,19 @@ BOUNDS: dict[str, Spec] = {
     "Q1": Spec("Q1", "qronos_l2_bound", "err2_pair_aug", "deterministic", pair=True),
     "Q2": Spec("Q2", "optq_mismatch_l2_bound", "err2_pair_aug", "deterministic", pair=True),
     "Q3": Spec("Q3", "qronos_linf_bound", "errinf", "probability", pair=True),
+    "Q4": Spec("Q4", "qronos_l2_bound", "err2_pair_aug", "deterministic", pair=True),
 }
 
 
-def applicable(method: str, rounding: str, mismatched: bool) -> list[str]:
-    """Names of the bounds that speak about this algorithm's output (THEORY.md section 4)."""
+def applicable(method: str, rounding: str, mismatched: bool, strength: float = 1.0) -> list[str]:
+    """Names of the bounds that speak about this algorithm's output (THEORY.md section 4;
+    Q4: Qronos' least-squares-first form at a strength below 1, theory/README.md section 5)."""
     if method == "optq" and rounding == "nearest":
         return ["B1", "B2", "B3"] + (["Q2"] if mismatched else [])
     if method == "optq":
         return ["S1", "S2", "S3"]
     if method == "qronos" and rounding == "nearest":
-        return ["Q1"]
+        return ["Q1"] if strength == 1 else ["Q4"]
     if method == "qronos":
         return ["Q3"]
     return []  # rtn: no error feedback, no bound here
@@ -134,7 +136,8 @@ class _Shared:
 
 
 def evaluate(names: list[str], *, X_f, X, X_hat, W, step, lam, order, variant, p,
-             measured: dict[str, np.ndarray], clipped: bool, precision: str) -> dict[str, dict]:
+             measured: dict[str, np.ndarray], clipped: bool, precision: str,
+             strength: float = 1.0) -> dict[str, dict]:
     """Evaluate each named bound and compare it with the measurement it bounds.
 
     Args:
@@ -145,6 +148,7 @@ def evaluate(names: list[str], *, X_f, X, X_hat, W, step, lam, order, variant, p
         neuron, or (N, n) per weight (group-wise grids; rows in the original feature order,
         theory/README.md section 7). lam: resolved ridge. order: (N,) permutation.
       variant: Qronos variant for Q1. p: failure probability of S2, S3, Q3.
+      strength: Qronos' correction strength (Q3, Q4; 1 is full correction).
       measured: per-neuron measurements (`experiments.run.measure`).
       clipped: whether any rounding clipped (then no-clipping bounds are not checked).
 
@@ -164,7 +168,8 @@ def evaluate(names: list[str], *, X_f, X, X_hat, W, step, lam, order, variant, p
             continue
         arrays = {"X": X if spec.pair else X_f, "X_hat": X_hat, "W": W, "step": step}
         # every bound factorises X_f (B*, S*) or X_hat (Q*): one factorisation each, shared
-        options = {"lam": lam, "order": order, "p": p, "variant": variant}
+        options = {"lam": lam, "order": order, "p": p, "variant": variant,
+                   "strength": strength}
         if "factors" in inspect.signature(fn).parameters:
             options["factors"] = shared.factors(X_hat if spec.pair else X_f)
         try:

@@ -64,11 +64,12 @@ class Options(NamedTuple):
     mse: bool = False  # GPTQ's clipping search in Grid.fit
     finite: bool = True  # False: the fitted step on the infinite alphabet step*Z (no clipping,
     #                      so every no-clipping bound applies; as conf/grid/unbounded.yaml)
-    lam: float | None = None
+    lam: float | str | None = None  # "auto": chosen per layer (Qronos ls_first, ptq.select)
     percdamp: float | None = None  # neither: ptq's default percdamp = 0.01
     order: str = "natural"
     rounding: str = "nearest"  # "stochastic": stochastic OPTQ / Qronos
     variant: str = "paper"  # Qronos only: "paper" | "ls_first"
+    strength: float | str = 1.0  # Qronos ls_first: correction strength in [0, 1] or "auto"
     seed: int = 0  # stochastic rounding: key = fold_in(key(seed), layer index)
     block_size: int = 128
     group_size: int | None = None  # ptq.GroupGrid groups of features; None = per channel
@@ -112,6 +113,15 @@ def check_options(o: Options) -> Options:
         if not o.finite:
             raise ValueError("`group_size` needs `finite=True`: the group steps are fitted "
                              "inside the algorithm, on the range they cover; got finite=False")
+    if o.strength != 1.0 and (o.algorithm != "qronos" or o.variant != "ls_first"):
+        raise ValueError(f"`strength` other than 1 needs algorithm='qronos' with "
+                         f"variant='ls_first'; got strength={o.strength!r} with "
+                         f"algorithm={o.algorithm!r}, variant={o.variant!r}")
+    if o.strength != "auto" and o.strength != 1.0:
+        ptq.options.check_strength(o.strength, o.variant)
+    if o.lam == "auto" and (o.algorithm != "qronos" or o.variant != "ls_first"):
+        raise ValueError(f"lam='auto' needs algorithm='qronos' with variant='ls_first'; got "
+                         f"algorithm={o.algorithm!r}, variant={o.variant!r}")
     if not isinstance(o.static_groups, bool):
         raise ValueError(f"`static_groups` must be a bool; got {o.static_groups!r}")
     return o
@@ -123,13 +133,48 @@ def make_grid(o: Options, W) -> ptq.Grid | ptq.GroupGrid:
                         group_size=o.group_size, static_groups=o.static_groups)
 
 
-def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid | ptq.GroupGrid, key=None):
+def quantize_layer(o: Options, X, X_hat, W, grid: ptq.Grid | ptq.GroupGrid, key=None, *,
+                   sequences=None):
     """One layer with the algorithm of ``o`` (`experiments.measure.quantize_layer`); returns the
-    ptq result (``.Q`` is (N, n))."""
+    ptq result (``.Q`` is (N, n)). ``sequences`` (m,): the calibration sequence of each row,
+    which ``strength="auto"`` / ``lam="auto"`` hold out (`ptq.select`)."""
     options = {} if o.algorithm == "rtn" else dict(
         lam=o.lam, percdamp=o.percdamp, order=o.order, rounding=o.rounding, key=key,
         block_size=o.block_size)
+    if o.algorithm == "qronos":
+        options["strength"] = o.strength
+        if o.strength == "auto" or o.lam == "auto":
+            options["sequences"] = sequences
     return me.quantize_layer(o.algorithm, X, X_hat, W, grid, variant=o.variant, **options)
+
+
+def row_sequences(batch) -> np.ndarray:
+    """(m,) the sequence (row of the (B, L) batch) of each token row, in the order the adapters'
+    ``rows`` give them (row-major over (B, L), padding left out)."""
+    mask = np.asarray(batch.mask)
+    ids = np.broadcast_to(np.arange(mask.shape[0])[:, None], mask.shape)
+    return ids.reshape(-1)[mask.reshape(-1) > 0]
+
+
+def selection_record(result) -> dict:
+    """The record fields of a Qronos result: the strength used and, when chosen from the data,
+    the evidence (`ptq.select.Selection`, sums over held-out rows and neurons)."""
+    strength = getattr(result, "strength", None)
+    if strength is None:
+        return {}
+    out = {"strength_used": float(strength)}
+    s = getattr(result, "selection", None)
+    if s is not None:
+        out["selection"] = {
+            "strength": s.strength, "lam": s.lam, "percdamps": s.percdamps.tolist(),
+            "strengths": s.strengths.tolist(), "heldout": s.heldout.tolist(),
+            "insample": s.insample.tolist(),
+            "rounding_heldout": [None if np.isnan(v) else float(v) for v in s.rounding_heldout],
+            "rounding_insample": [None if np.isnan(v) else float(v)
+                                  for v in s.rounding_insample],
+            "folds": s.folds, "sequences": s.sequences, "rows": s.rows, "dead": s.dead,
+            "sketched": s.sketched}
+    return out
 
 
 class _Fed(NamedTuple):  # what `experiments.measure.measure` reads of a ptq.Result
@@ -254,6 +299,8 @@ def quantize_model(model: Model, options: Options, batch, *,
     # Once a cache holds every layer's full-precision inputs, the full-precision copy of the
     # model is not run at all: only the quantized one advances.
     fp_needed = cache is None or not cache.complete
+    if quantizer is None:
+        quantizer = partial(quantize_layer, sequences=row_sequences(batch))
     for i, kinds, x_fp, x_q in lockstep(model, params, qblocks, batch, run_fp=fp_needed):
         X_hat = model.rows(batch, x_q)
         X = _fp_inputs(model, batch, cache, model.layer_name(i, kinds[0]), x_fp)
@@ -264,7 +311,7 @@ def quantize_model(model: Model, options: Options, batch, *,
                 return X_hat
             rec = _quantize_one(layer_options[name], model, i, kind, len(records), X, X_hat,
                                 params["blocks"][i][kind], qblocks[i], base, cache, on_layer,
-                                quantizer or quantize_layer)
+                                quantizer)
             records.append(rec)
             bar.update()
     bar.close()
@@ -360,7 +407,8 @@ def _quantize_one(o: Options, model, i: int, kind: str, index: int, X, X_hat, Wb
     step = me.realised_step(grid, W.shape)
     rec = {"name": name, "layer": i, "kind": kind, "index": index, **o._asdict(),
            "m": X.shape[0], "N": W.shape[0], "n": W.shape[1],
-           "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds, "step": step}
+           "lam": float(getattr(res, "lam", 0.0)), "seconds": seconds, "step": step,
+           **selection_record(res)}
     target = None if cache is None else cache.target(name, X, W)
     # the algorithm's own Q (float64 in x64 mode), not the float32 copy the model runs
     fields, measured = measure(X, X_hat, W, res.Q, res, step, o.algorithm, target)

@@ -187,13 +187,15 @@ def check_bounds(layer: Layer, result, step, measured: dict, *, algorithm: str, 
     synthetic runs (`compute`) and model layers (`experiments.driver.theory_bounds`)."""
     is_paper = algorithm == "qronos" and variant == "paper"
     clip = clipped(result, step, rounding, is_paper, bounds.RTOL[precision])
-    names = bounds.applicable(algorithm, rounding, mismatched)
+    strength = getattr(result, "strength", None)
+    strength = 1.0 if strength is None else float(strength)
+    names = bounds.applicable(algorithm, rounding, mismatched, strength)
     if not names:
         return clip, {}
     return clip, bounds.evaluate(
         names, X_f=layer.X_hat, X=layer.X, X_hat=layer.X_hat, W=layer.W, step=step,
         lam=float(result.lam), order=np.asarray(result.order), variant=variant, p=p,
-        measured=measured, clipped=clip, precision=precision)
+        measured=measured, clipped=clip, precision=precision, strength=strength)
 
 
 def compute(spec: schema.Config, layer: Layer) -> dict[str, Any]:

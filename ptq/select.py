@@ -51,7 +51,8 @@ from ptq import gather, gram, inputs, options
 from ptq.grid import Grid, GroupGrid, GroupTables, fit_groups
 from ptq.kernel import HIGHEST, factor
 
-PERCDAMPS = (0.01, 0.03, 0.1, 0.3, 1.0)  # lam="auto" candidates, relative to mean diag(X_hat^T X_hat)
+# lam="auto" candidates, relative to mean diag(X_hat^T X_hat)
+PERCDAMPS = (0.01, 0.03, 0.1, 0.3, 1.0)
 FOLDS = 4  # at most this many folds of whole sequences
 SKETCH = 512  # neurons above which C's coefficients are estimated on a sketch W S
 

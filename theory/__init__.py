@@ -14,7 +14,7 @@ original feature order), README section 7. Public API::
     stochastic_l2_bound(X, step, ...)            S1
     stochastic_linf_bound(X, step, p=, ...)      S2
     stochastic_weight_bound(X, W, step, p=, ...) S3 (and K)
-    qronos_l2_bound(X, X_hat, W, step, variant=, ...)      Q1
+    qronos_l2_bound(X, X_hat, W, step, variant=, ...)      Q1; Q4 with strength= < 1
     optq_mismatch_l2_bound(X, X_hat, W, step, ...)         Q2
     qronos_linf_bound(X, X_hat, W, step, p=, variant=, ...) Q3
     lam_guidance(X, W, bits=|levels=, ...)       lam minimising B1/S1 subject to B3/S3
