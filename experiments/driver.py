@@ -166,7 +166,8 @@ def selection_record(result) -> dict:
     s = getattr(result, "selection", None)
     if s is not None:
         out["selection"] = {
-            "strength": s.strength, "lam": s.lam, "percdamps": s.percdamps.tolist(),
+            "strength": s.strength, "lam": s.lam, "lams": s.lams.tolist(),
+            "percdamps": s.percdamps.tolist(),
             "strengths": s.strengths.tolist(), "heldout": s.heldout.tolist(),
             "insample": s.insample.tolist(),
             "rounding_heldout": [None if np.isnan(v) else float(v) for v in s.rounding_heldout],

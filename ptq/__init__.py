@@ -7,7 +7,10 @@ Public API::
     ptq.GroupGrid(bits, kind, group_size, static=False, mse=False)
                                      GPTQ's group-wise grids, fitted inside the algorithms
     ptq.optq(X, W, grid, ...)        OPTQ / stochastic OPTQ                -> ptq.Result
-    ptq.qronos(X, X_hat, W, grid, ...)  Qronos, variants "paper" and "ls_first" -> ptq.Result
+    ptq.qronos(X, X_hat, W, grid, ...)  Qronos, variants "paper" and "ls_first" -> ptq.Result;
+                                     ls_first at a correction strength in [0, 1] or "auto"
+    ptq.select                       strength and lam chosen from held-out calibration
+                                     sequences (what strength="auto" / lam="auto" run)
     ptq.rtn(W, grid)                 round to nearest                      -> ptq.RTNResult
     ptq.optq_waterfill(X, W, rate=)  OPTQ with steps c / r_t (reverse waterfilling), c set
                                      by the codes' entropy              -> ptq.WaterfillResult
@@ -43,11 +46,11 @@ _LAZY = {
     "QuantizeConfig": "ptq.pack",
 }
 _SUBMODULES = ("options", "reference", "grid", "kernel", "pack", "rate", "result", "inputs", "gram",
-               "gather", "definiteness")
+               "gather", "definiteness", "select")
 
 __all__ = ["Grid", "GroupGrid", "optq", "qronos", "rtn", "Result", "RTNResult", "options",
            "reference", "pack", "PackedLayer", "QuantizeConfig", "optq_waterfill",
-           "WaterfillResult", "rate"]
+           "WaterfillResult", "rate", "select"]
 
 
 def __getattr__(name: str):

@@ -1,0 +1,187 @@
+"""The calibration advisor: is this calibration set big enough for this method?
+
+    python -m experiments.advisor --model smollm2 --calib 4             # 4 windows of 512 tokens
+    python -m experiments.advisor --model smollm2 --calib 16 --bits 3 --csv advice.csv
+    python -m experiments.advisor --model minilm --calib 2048
+    python -m experiments.advisor --records runs/study/lm_strength   # from a study's records
+
+It quantizes the model layer by layer with Qronos' least-squares-first form at
+``strength="auto"`` (`ptq.select`), which for every layer predicts, from calibration
+sequences held out one fold at a time, the error the layer's continuous start ``w_a`` makes on
+new inputs at ``a = 0`` (OPTQ on the quantized model's inputs), ``a = 1`` (full Qronos) and the
+chosen ``a``, beside the same errors on the calibration rows themselves. Per layer it reports
+
+* ``rows_per_feature`` m / N and the dead features of ``X_hat`` (zero columns);
+* ``overfit``: the predicted held-out error of the full correction over its in-sample error
+  (the part of the mismatch the least-squares fit explains on these rows only);
+* ``full_vs_none``: predicted held-out error at ``a = 1`` over that at ``a = 0``: below 1, full
+  correction is predicted to help on new text; above 1, to hurt;
+* ``chosen``: the strength `ptq.select` picks, and ``chosen_vs_none`` its predicted ratio.
+
+and per model one answer (:func:`verdict`): **enough for full-strength Qronos** when full
+correction is predicted to help on new inputs (``full_vs_none < 1``) in the median layer and
+in at least two thirds of the layers, else **too few for full-strength Qronos**, with the
+strength the data choose instead. The predictions are of the continuous start's held-out
+error only; the rounding term, which does not depend on the strength, is left out. Nothing
+here reads the held-out evaluation text: the predictions use the calibration rows only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from typing import Any
+
+import numpy as np
+
+from experiments import console_logging, records
+from experiments.driver import make_options, quantize_model
+from experiments.models import Batch
+from experiments.models.minilm import MiniLM
+from experiments.models.minilm import text as minilm_text
+from experiments.models.smollm2 import SmolLM2
+from experiments.models.smollm2 import text as smollm2_text
+
+# Full correction is "enough" when it helps in the median layer and in this share of layers.
+ENOUGH_SHARE = 2 / 3
+COLUMNS = ("name", "layer", "kind", "m", "N", "rows_per_feature", "dead", "sequences", "folds",
+           "chosen", "insample_none", "insample_full", "heldout_none", "heldout_full",
+           "heldout_chosen", "overfit", "full_vs_none", "chosen_vs_none")
+
+
+def layer_rows(records: list[dict]) -> list[dict[str, Any]]:
+    """One row per layer from driver records (or a study record's ``layers``) that carry a
+    ``selection``: Qronos at strength "auto"."""
+    rows = []
+    for r in records:
+        s = r.get("selection")
+        if s is None:
+            raise ValueError(f"record {r.get('name')!r} has no `selection`: the advisor needs "
+                             "records of Qronos with strength='auto'")
+        i = int(np.argmin(np.abs(np.asarray(s["lams"]) - s["lam"])))  # the chosen lam's row
+        ins, ho = s["insample"][i], s["heldout"][i]
+        none = ho[0] if ho[0] > 0 else np.nan
+        rows.append({
+            "name": r["name"], "layer": r["layer"], "kind": r["kind"], "m": r["m"], "N": r["N"],
+            "rows_per_feature": r["m"] / r["N"], "dead": s["dead"], "sequences": s["sequences"],
+            "folds": s["folds"], "chosen": s["strength"], "insample_none": ins[0],
+            "insample_full": ins[1], "heldout_none": ho[0], "heldout_full": ho[1],
+            "heldout_chosen": ho[2],
+            "overfit": ho[1] / ins[1] if ins[1] > 0 else np.nan,
+            "full_vs_none": ho[1] / none, "chosen_vs_none": ho[2] / none})
+    return rows
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-model answer: is the calibration set big enough for full-strength Qronos?"""
+    ratio = np.array([r["full_vs_none"] for r in rows], dtype=float)
+    chosen = np.array([r["chosen"] for r in rows], dtype=float)
+    helps = float(np.mean(ratio < 1))
+    median = float(np.nanmedian(ratio))
+    enough = median < 1 and helps >= ENOUGH_SHARE
+    worst = sorted(rows, key=lambda r: -r["full_vs_none"])[:3]
+    return {
+        "enough_for_full_strength": bool(enough),
+        "layers": len(rows), "share_full_helps": helps, "median_full_vs_none": median,
+        "median_chosen": float(np.median(chosen)),
+        "median_chosen_vs_none": float(np.nanmedian([r["chosen_vs_none"] for r in rows])),
+        "median_overfit": float(np.nanmedian([r["overfit"] for r in rows])),
+        "median_rows_per_feature": float(np.median([r["rows_per_feature"] for r in rows])),
+        "worst": [(r["name"], r["full_vs_none"]) for r in worst],
+    }
+
+
+def summary_lines(v: dict[str, Any], what: str) -> list[str]:
+    """The verdict in words."""
+    head = ("enough for full-strength Qronos" if v["enough_for_full_strength"]
+            else "too few for full-strength Qronos")
+    lines = [
+        f"{what}: {head}.",
+        f"  full correction predicted to help on new inputs in {v['share_full_helps']:.0%} of "
+        f"{v['layers']} layers (median held-out error ratio full/none "
+        f"{v['median_full_vs_none']:.3f}; needs < 1 in the median layer and in "
+        f"{ENOUGH_SHARE:.0%} of layers)",
+        f"  median rows per feature {v['median_rows_per_feature']:.2f}, median overfit "
+        f"(held-out / in-sample error of the full fit) {v['median_overfit']:.2f}",
+        f"  the data choose strength {v['median_chosen']:.2f} (median over layers), predicted "
+        f"held-out ratio to OPTQ's start {v['median_chosen_vs_none']:.3f}",
+        "  layers where full correction is predicted worst: "
+        + ", ".join(f"{n} ({x:.2f})" for n, x in v["worst"]),
+    ]
+    return lines
+
+
+def advise(model, batch: Batch, *, bits: int = 3, percdamp: float | None = None,
+           order: str = "natural", progress: bool = True) -> tuple[list[dict], dict]:
+    """Quantize ``model`` on ``batch`` with Qronos at strength "auto"; the per-layer rows and
+    the verdict."""
+    o = make_options("qronos", bits, variant="ls_first", strength="auto", percdamp=percdamp,
+                     order=order)
+    records, _ = quantize_model(model, o, batch, progress=progress)
+    rows = layer_rows(records)
+    return rows, verdict(rows)
+
+
+def _model_and_batch(name: str, calib: int, length: int, seed: int):
+    """SmolLM2: ``calib`` random windows of ``length`` tokens; MiniLM: its calibration
+    paragraphs up to ``calib`` tokens (each paragraph one sequence)."""
+    if name == "smollm2":
+        ids = smollm2_text.calibration_windows(calib, length, seed)
+        return SmolLM2(), Batch(ids, np.ones_like(ids))
+    if name == "minilm":
+        return MiniLM(), minilm_text.calibration_batch(calib)
+    raise ValueError(f"`--model` must be 'smollm2' or 'minilm'; got {name!r}")
+
+
+def from_records(folder: str) -> list[tuple[dict, list[dict], dict]]:
+    """``(config, rows, verdict)`` for every study record under ``folder`` whose layers carry a
+    selection (its Qronos "auto" runs); nothing is recomputed."""
+    out = []
+    for rec in records.load_records(folder):
+        layers = rec.get("layers") or []
+        if rec.get("status") != "ok" or not layers or "selection" not in layers[0]:
+            continue
+        rows = layer_rows(layers)
+        out.append((rec.get("config", {}), rows, verdict(rows)))
+    if not out:
+        raise ValueError(f"`--records` {folder!r} holds no ok record with per-layer selections "
+                         "(a study's Qronos strength='auto' runs)")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2", choices=["smollm2", "minilm"])
+    p.add_argument("--calib", type=int, default=16,
+                   help="smollm2: calibration windows (sequences); minilm: calibration tokens")
+    p.add_argument("--length", type=int, default=512, help="tokens per window (smollm2)")
+    p.add_argument("--seed", type=int, default=0, help="which calibration windows")
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--percdamp", type=float, default=None)
+    p.add_argument("--order", default="natural")
+    p.add_argument("--csv", default=None, help="write the per-layer rows here")
+    p.add_argument("--records", default=None,
+                   help="advise from a study's records in this folder instead of running")
+    a = p.parse_args(argv)
+    console_logging()
+    if a.records:
+        for cfg, _, v in from_records(a.records):
+            what = ", ".join(f"{k} {cfg[k]}" for k in ("config", "bits", "calib", "seed", "order")
+                             if k in cfg)
+            print("\n".join(summary_lines(v, what or "record")))
+        return 0
+    model, batch = _model_and_batch(a.model, a.calib, a.length, a.seed)
+    rows, v = advise(model, batch, bits=a.bits, percdamp=a.percdamp, order=a.order)
+    if a.csv:
+        with open(a.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+    what = f"{a.model}, {a.calib} calibration sequences of {batch.ids.shape[1]} tokens"
+    print("\n".join(summary_lines(v, what)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
