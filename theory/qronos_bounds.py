@@ -144,8 +144,9 @@ def qronos_l2_bound(
         c = np.abs(uncorrected(ls, a))
         D = in_processing_order(st, ls.factors.order) if st.per_weight else per_neuron(st, n)
         b = c + np.broadcast_to(D, (N, n)) / 2
-        if a == 0:  # OPTQ: a dead feature starts at 0, gets no feedback and rounds to 0
-            b = np.where(ls.factors.live[:, None], b, 0.0)
+        if a == 0:  # OPTQ: a dead feature starts at 0 and rounds to 0 (e_t = 0), but its
+            # uncorrected part c_t (sqrt(lam) w_t in the ridge rows) stays in the augmented error
+            b = np.where(ls.factors.live[:, None], b, c)
         return np.sqrt(ls.E_ls**2 + rh2 @ b**2)
     if st.per_weight:
         D = in_processing_order(st, ls.factors.order)
