@@ -15,7 +15,6 @@ Public API::
     ptq.optq_waterfill(X, W, rate=)  OPTQ with steps c / r_t (reverse waterfilling), c set
                                      by the codes' entropy              -> ptq.WaterfillResult
     ptq.rate                         entropy-coded rate of codes (NumPy only)
-    ptq.select                       Qronos' strength / lam chosen by held-out sequences
     ptq.reference                    slow float64 NumPy oracle (least-squares definitions)
     ptq.options                      order / lam resolution shared with `theory` (NumPy only)
     ptq.pack                         GPTQ v1 packed checkpoints: pack / unpack, safetensors
