@@ -74,7 +74,15 @@ def layer_rows(records: list[dict]) -> list[dict[str, Any]]:
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The per-model answer: is the calibration set big enough for full-strength Qronos?"""
+    """The per-model answer: is the calibration set big enough for full-strength Qronos?
+
+    Layers whose inputs carry no mismatch (``X_hat = X`` on every row: the first block's, before
+    anything is quantized) have nothing to correct and are left out."""
+    every = rows
+    rows = [r for r in rows if r["heldout_none"] > 0]
+    if not rows:
+        raise ValueError("no layer has an input mismatch (X_hat = X everywhere): there is "
+                         "nothing for the correction to fit")
     ratio = np.array([r["full_vs_none"] for r in rows], dtype=float)
     chosen = np.array([r["chosen"] for r in rows], dtype=float)
     helps = float(np.mean(ratio < 1))
@@ -83,7 +91,8 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     worst = sorted(rows, key=lambda r: -r["full_vs_none"])[:3]
     return {
         "enough_for_full_strength": bool(enough),
-        "layers": len(rows), "share_full_helps": helps, "median_full_vs_none": median,
+        "layers": len(rows), "without_mismatch": len(every) - len(rows),
+        "share_full_helps": helps, "median_full_vs_none": median,
         "median_chosen": float(np.median(chosen)),
         "median_chosen_vs_none": float(np.nanmedian([r["chosen_vs_none"] for r in rows])),
         "median_overfit": float(np.nanmedian([r["overfit"] for r in rows])),
@@ -99,7 +108,7 @@ def summary_lines(v: dict[str, Any], what: str) -> list[str]:
     lines = [
         f"{what}: {head}.",
         f"  full correction predicted to help on new inputs in {v['share_full_helps']:.0%} of "
-        f"{v['layers']} layers (median held-out error ratio full/none "
+        f"{v['layers']} layers with an input mismatch (median held-out error ratio full/none "
         f"{v['median_full_vs_none']:.3f}; needs < 1 in the median layer and in "
         f"{ENOUGH_SHARE:.0%} of layers)",
         f"  median rows per feature {v['median_rows_per_feature']:.2f}, median overfit "
