@@ -50,14 +50,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "qronos": dict(algorithm="qronos", variant="paper"),
     "qronos_ls": dict(algorithm="qronos", variant="ls_first"),
     "qronos_stochastic": dict(algorithm="qronos", variant="paper", rounding="stochastic"),
+    # Qronos' least-squares-first form at correction strength a (0: OPTQ on X_hat, 0.5: QEP,
+    # 1: qronos_ls, which leaves the strength at its default so its record ids stay as they
+    # were), and a chosen per layer from the calibration data (ptq.select): at the damping of
+    # percdamp, or together with the damping.
+    "qronos_s025": dict(algorithm="qronos", variant="ls_first", strength=0.25),
+    "qronos_s05": dict(algorithm="qronos", variant="ls_first", strength=0.5),
+    "qronos_s075": dict(algorithm="qronos", variant="ls_first", strength=0.75),
+    "qronos_auto": dict(algorithm="qronos", variant="ls_first", strength="auto"),
+    "qronos_auto_lam": dict(algorithm="qronos", variant="ls_first", strength="auto", lam="auto"),
 }
 PASSES = {
     "practical": dict(grid="asymmetric", finite=True, precision="float32"),
     "bounds": dict(grid="symmetric", finite=False, precision="float64"),
 }
 # The driver options a record's config may carry (everything else describes the data).
-OPTION_KEYS = ("grid", "finite", "order", "rounding", "variant", "seed", "percdamp",
-               "group_size", "static_groups")
+OPTION_KEYS = ("grid", "finite", "order", "rounding", "variant", "strength", "lam", "seed",
+               "percdamp", "group_size", "static_groups")
 
 
 class Size(NamedTuple):
@@ -134,7 +143,8 @@ def layer_row(r: dict) -> dict[str, Any]:
     row["err2_fro"] = float(np.sqrt(np.sum(np.asarray(r["err2"]) ** 2)))
     if "e_ls" in r:
         row["e_ls_fro"] = float(np.sqrt(np.sum(np.asarray(r["e_ls"]) ** 2)))
-    for k in ("clipped", "bounds"):
+    # Qronos: the strength used and, chosen from the data, the evidence (driver.selection_record)
+    for k in ("clipped", "bounds", "strength_used", "selection"):
         if k in r:
             row[k] = r[k]
     return row
