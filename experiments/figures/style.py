@@ -42,6 +42,11 @@ COLORS = {
     "qronos": "#d62728",
     "qronos_ls": "#ff7f0e",
     "qronos_stochastic": "#e7969c",
+    "qronos_s025": "#6baed6",
+    "qronos_s05": "#2ca02c",
+    "qronos_s075": "#fdae6b",
+    "qronos_auto": "#9467bd",
+    "qronos_auto_lam": "#e377c2",
     "B1": "#2ca02c",
     "B2": "#9467bd",
     "B3": "#8c564b",
@@ -61,6 +66,11 @@ LABELS = {
     "qronos": "Qronos (paper)",
     "qronos_ls": "Qronos (LS first)",
     "qronos_stochastic": "stochastic Qronos",
+    "qronos_s025": "Qronos (LS first), a = 0.25",
+    "qronos_s05": "QEP (LS first, a = 0.5)",
+    "qronos_s075": "Qronos (LS first), a = 0.75",
+    "qronos_auto": "Qronos (LS first), a chosen",
+    "qronos_auto_lam": "Qronos (LS first), a and damping chosen",
 }
 FAMILIES = ["gaussian", "low_rank", "heavy_tailed", "correlated", "npz", "real"]
 
