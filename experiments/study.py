@@ -17,7 +17,8 @@ study resumes, and a failed run is written as an ``error`` record with its trace
 study goes on. Records keep per-layer summaries only (a few KB per layer).
 
 The studies built on `Study`: `experiments.studies.minilm` (MiniLM, folder ``real``),
-`experiments.studies.lm` and `experiments.studies.lm_calibration` (SmolLM2), and
+`experiments.studies.lm`, `experiments.studies.lm_calibration` and
+`experiments.studies.strength` (SmolLM2), and
 `experiments.studies.qat`; `StudyCommand` alone: `experiments.studies.rate_distortion` and
 `experiments.studies.allocation`. Sizes: ``conf/study/<key>.yaml`` (`load_sizes`).
 """
