@@ -19,7 +19,10 @@ its
 figures ``lm_perplexity``, ``lm_gain`` (and ``lm_bounds`` where the size has a bounds pass);
 ``lm_calibration`` (`experiments.studies.lm_calibration`: OPTQ and Qronos against calibration size
 and
-damping) has smoke and full sizes only and is left out of the default reproduce; the row
+damping) has smoke and full sizes only and is left out of the default reproduce, and so is
+``lm_strength`` (`experiments.studies.strength`: Qronos' correction strength, fixed and chosen
+per layer; figure ``lm_strength``; its ``study`` size, the committed figure, is the study's own
+command line); the row
 ``qat`` is PTQ against QAT on MiniLM with the output scales gamma and least squares
 (`experiments.studies.qat`, sizes in ``conf/study/qat.yaml``, records in ``runs/<size>/qat/``) and
 its
@@ -62,7 +65,15 @@ from experiments.figures import (
     stochastic,
     tightness,
 )
-from experiments.studies import allocation, lm, lm_calibration, minilm, qat, rate_distortion
+from experiments.studies import (
+    allocation,
+    lm,
+    lm_calibration,
+    minilm,
+    qat,
+    rate_distortion,
+    strength,
+)
 
 log = logging.getLogger("experiments.reproduce")
 S1_RTOL = 1e-9  # S1 compares float64 means; only round-off slack
@@ -71,12 +82,13 @@ FIGURES = {"lam_sweep": lam_sweep.build, "order": order.build, "bits": bits.buil
            "stochastic": stochastic.build, "lam_guidance": lam_guidance.build,
            "mismatch": mismatch.build, "tightness": tightness.build}
 # The whole-model studies (not Hydra presets), in the order they run: row name -> study.
-STUDIES = {s.key: s for s in (minilm.STUDY, lm.STUDY, lm_calibration.STUDY, qat.STUDY,
-                              rate_distortion.STUDY, allocation.STUDY)}
+STUDIES = {s.key: s for s in (minilm.STUDY, lm.STUDY, lm_calibration.STUDY, strength.STUDY,
+                              qat.STUDY, rate_distortion.STUDY, allocation.STUDY)}
 
 
 def study_sizes(name: str) -> set[str]:
-    """The sizes a whole-model study defines (``lm_calibration`` has no default size)."""
+    """The sizes a whole-model study defines (``lm_calibration`` and ``lm_strength`` have no
+    default size)."""
     return set(STUDIES[name].sizes)
 
 
