@@ -70,7 +70,10 @@ def fixed_strength(c: dict) -> float:
 
 
 def _chosen(sel: dict) -> int:
-    """The index of the candidate damping a selection chose (its smallest criterion)."""
+    """The index of the candidate damping a selection chose: the candidate ``lam`` it
+    returned, or (records without ``lams``) its smallest criterion."""
+    if "lams" in sel:
+        return int(np.argmin(np.abs(np.asarray(sel["lams"], float) - sel["lam"])))
     crit = np.asarray(sel["heldout"], float)[:, 2]
     rho = np.array([np.nan if v is None else v for v in sel["rounding_heldout"]], float)
     return int(np.argmin(crit + np.nan_to_num(rho))) if crit.size > 1 else 0

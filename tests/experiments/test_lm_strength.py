@@ -20,7 +20,7 @@ from experiments.studies import strength
 
 COLUMNS = {"config", "algorithm", "strength", "order", "bits", "calib_windows", "seed",
            "percdamp", "perplexity", "fp_perplexity"}
-SELECTION = {"strength", "lam", "percdamps", "strengths", "heldout", "insample",
+SELECTION = {"strength", "lam", "lams", "percdamps", "strengths", "heldout", "insample",
              "rounding_heldout", "rounding_insample", "folds", "sequences", "rows", "dead",
              "sketched"}
 
@@ -121,6 +121,8 @@ def _auto_layers(strengths, lam_auto=False):
         else:
             sel = _selection([a], [0.01], [[4, 3, 2]])
         sel["strength"] = a
+        if lam_auto:  # the chosen candidate, as the driver records it
+            sel["lams"], sel["lam"] = [1.0, 10.0, 100.0], 10.0
         out.append({"name": f"l{i}", "layer": i // 7, "kind": "q_proj", "rel_err": 0.1,
                     "err2_fro": 1.0, "strength_used": a, "selection": sel})
     return out
