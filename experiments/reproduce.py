@@ -83,6 +83,7 @@ FIGURES = {"lam_sweep": lam_sweep.build, "order": order.build, "bits": bits.buil
            "mismatch": mismatch.build, "tightness": tightness.build}
 # The whole-model studies (not Hydra presets), in the order they run: row name -> study.
 STUDIES = {s.key: s for s in (minilm.STUDY, lm.STUDY, lm_calibration.STUDY, strength.STUDY,
+                              strength.STUDY_MINILM,
                               qat.STUDY, rate_distortion.STUDY, allocation.STUDY)}
 
 

@@ -129,6 +129,33 @@ def strength_table(recs: list[dict]) -> pd.DataFrame:
     return t.drop(columns="_rank").reset_index(drop=True)
 
 
+def bounds_table(recs: list[dict]) -> pd.DataFrame:
+    """The bounds pass, one row per run and bound: layers checked (not clipped), violations
+    summed over neurons, the median and maximum over layers of measured / bound."""
+    rows = []
+    for r in recs:
+        c = r["config"]
+        if r["status"] != "ok" or c["pass"] != "bounds":
+            continue
+        per: dict[str, list[dict]] = {}
+        for lyr in r["layers"]:
+            for b, v in (lyr.get("bounds") or {}).items():
+                per.setdefault(b, []).append(v)
+        for b, vs in per.items():
+            errors = [v for v in vs if "error" in v]
+            ok = [v for v in vs if "error" not in v]
+            rows.append({"config": c["name"], "algorithm": algorithm_name(c), "bits": c["bits"],
+                         "bound": b, "layers": len(vs),
+                         "checked": sum(bool(v["checked"]) for v in ok),
+                         "errors": len(errors), "violations": sum(v["violations"] for v in ok),
+                         "ratio_median": float(np.median([v["ratio_median"] for v in ok]))
+                         if ok else np.nan,
+                         "ratio_max": float(np.max([v["ratio_max"] for v in ok])) if ok else np.nan,
+                         "strength_median": float(np.median(
+                             [lyr.get("strength_used", np.nan) for lyr in r["layers"]]))})
+    return pd.DataFrame(rows)
+
+
 def _ok(recs: list[dict]) -> list[dict]:
     return [r for r in recs if r["status"] == "ok" and r["config"]["pass"] == "practical"]
 
@@ -197,14 +224,61 @@ def build(t: pd.DataFrame, layers: pd.DataFrame, out_dir: str) -> pd.DataFrame:
 def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFrame]:
     ok = _ok(recs)
     t = strength_table(ok)
+    out = {}
+    bt = bounds_table(recs)
+    if not bt.empty:
+        bt.to_csv(os.path.join(out_dir, "lm_strength_bounds.csv"), index=False,
+                  float_format="%.6g")
+        out["lm_strength_bounds"] = bt
     if t.empty:
+        if out:
+            return out
         raise FileNotFoundError("no successful records: run "
                                 "`python -m experiments.studies.strength --size study`")
     layers = layer_table(ok)
     build(t, layers, out_dir)
     layers.to_csv(os.path.join(out_dir, "lm_strength_layers.csv"), index=False,
                   float_format="%.6g")
-    return {"lm_strength": t, "lm_strength_layers": layers}
+    return {**out, "lm_strength": t, "lm_strength_layers": layers}
+
+
+def minilm_table(recs: list[dict]) -> pd.DataFrame:
+    """One row per successful practical MiniLM run: the method, its strength (median chosen
+    for ``qronos_auto``) and the held-out cosine (minilm_strength.csv)."""
+    rows = []
+    for r in _ok(recs):
+        c = r["config"]
+        strength = fixed_strength(c)
+        used = [lyr["strength_used"] for lyr in r["layers"] if "strength_used" in lyr]
+        if c.get("strength") == "auto" and used:
+            strength = float(np.median(used))
+        rows.append({"config": c["name"], "algorithm": algorithm_name(c), "strength": strength,
+                     "order": c.get("order", "natural"), "bits": c["bits"],
+                     "tokens": c["tokens"], "cosine_mean": r["cosine_mean"],
+                     "cosine_min": r["cosine_min"], "quantize_s": r["wall_s"]["quantize"]})
+    t = pd.DataFrame(rows)
+    if not t.empty:
+        rank = {a: i for i, a in enumerate(ALGORITHMS)}
+        t = t.assign(_rank=t.algorithm.map(rank)).sort_values(["bits", "_rank"])
+        t = t.drop(columns="_rank").reset_index(drop=True)
+    return t
+
+
+def build_minilm(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFrame]:
+    """``figures/minilm_strength.csv`` (end to end) and ``minilm_strength_bounds.csv`` (Q4 on
+    every layer) from the MiniLM strength study's records."""
+    t, bt = minilm_table(recs), bounds_table(recs)
+    if t.empty and bt.empty:
+        raise FileNotFoundError("no successful records: run "
+                                "`python -m experiments.studies.strength --model minilm "
+                                "--size study`")
+    os.makedirs(out_dir, exist_ok=True)
+    if not t.empty:
+        t.to_csv(os.path.join(out_dir, "minilm_strength.csv"), index=False, float_format="%.6g")
+    if not bt.empty:
+        bt.to_csv(os.path.join(out_dir, "minilm_strength_bounds.csv"), index=False,
+                  float_format="%.6g")
+    return {"minilm_strength": t, "minilm_strength_bounds": bt}
 
 
 def main(argv: list[str] | None = None) -> None:

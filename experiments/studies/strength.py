@@ -28,15 +28,33 @@ from __future__ import annotations
 import sys
 
 from experiments.figures import lm_strength as figures
-from experiments.studies import lm
+from experiments.studies import lm, minilm
 from experiments.study import Size, Study, load_sizes
 
 SIZES = load_sizes("lm_strength", Size)  # conf/study/lm_strength.yaml
 
 STUDY = Study("lm_strength", SIZES, lm.execute, figures.build_all, "lm strength", "perplexity")
-main = STUDY.main
+# The same configurations on MiniLM's 36 layers, judged by the held-out cosine, with the bound
+# of every strength checked on every layer (conf/study/minilm_strength.yaml).
+MINILM_SIZES = load_sizes("minilm_strength", Size)
+STUDY_MINILM = Study("minilm_strength", MINILM_SIZES, minilm.execute, figures.build_minilm,
+                     "minilm strength", "cosine_mean")
 
-__all__ = ["SIZES", "STUDY", "main"]
+
+def main(argv: list[str] | None = None) -> int:
+    """``--model minilm`` runs `STUDY_MINILM`; otherwise (``--model smollm2``, the default) the
+    causal LM study."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model = "smollm2"
+    if "--model" in argv:
+        i = argv.index("--model")
+        if i + 1 >= len(argv) or argv[i + 1] not in ("smollm2", "minilm"):
+            raise SystemExit("--model must be followed by 'smollm2' or 'minilm'")
+        model = argv.pop(i + 1)
+        argv.pop(i)
+    return (STUDY_MINILM if model == "minilm" else STUDY).main(argv)
+
+__all__ = ["MINILM_SIZES", "SIZES", "STUDY", "STUDY_MINILM", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())
