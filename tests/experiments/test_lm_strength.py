@@ -182,3 +182,27 @@ def test_algorithm_names():
 def test_no_records_is_an_error_naming_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="experiments.studies.strength"):
         fig.build_all([], str(tmp_path))
+
+
+def test_bounds_and_minilm_tables_from_records(tmp_path):
+    checked = {"kind": "deterministic", "measured": "err2_pair_aug", "checked": True}
+    layers = [{"name": f"l{i}", "layer": 0, "kind": "q_proj", "strength_used": 0.5,
+               "bounds": {"Q4": {**checked, "violations": v, "ratio_median": r, "ratio_max": r}}}
+              for i, (v, r) in enumerate([(0, 0.5), (0, 0.7), (2, 1.2)])]
+    layers[1]["bounds"]["Q4"]["checked"] = False  # clipped: not judged
+    bounds = _record("qronos_s05", 10.0, algorithm="qronos", variant="ls_first", strength=0.5,
+                     layers=layers)
+    bounds["config"]["pass"] = "bounds"
+    t = fig.bounds_table([bounds, _record("optq", 50.0, algorithm="optq")])
+    row = t.iloc[0]
+    assert len(t) == 1 and row.bound == "Q4" and row.algorithm == "qronos_s0.5"
+    assert (row.layers, row.checked, row.violations) == (3, 2, 2)
+    assert row.ratio_median == 0.7 and row.ratio_max == 1.2 and row.strength_median == 0.5
+    mini = _record("qronos_auto", 0.0, algorithm="qronos", variant="ls_first", strength="auto",
+                   layers=_auto_layers([0.2, 0.4, 0.9]))
+    mini["config"]["tokens"] = 2048
+    mini.update(cosine_mean=0.88, cosine_min=0.5)
+    out = fig.build_minilm([mini, bounds], str(tmp_path))
+    assert out["minilm_strength"].strength.tolist() == [0.4]  # the median chosen strength
+    assert (tmp_path / "minilm_strength.csv").exists()
+    assert (tmp_path / "minilm_strength_bounds.csv").exists()
