@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+import theory
 from experiments import console_logging, records
 from experiments.driver import make_options, quantize_model
 from experiments.models import Batch
@@ -46,8 +47,8 @@ from experiments.models.smollm2 import text as smollm2_text
 # Full correction is "enough" when it helps in the median layer and in this share of layers.
 ENOUGH_SHARE = 2 / 3
 COLUMNS = ("name", "layer", "kind", "m", "N", "rows_per_feature", "dead", "sequences", "folds",
-           "chosen", "insample_none", "insample_full", "heldout_none", "heldout_full",
-           "heldout_chosen", "overfit", "full_vs_none", "chosen_vs_none")
+           "chosen", "percdamp", "insample_none", "insample_full", "heldout_none", "heldout_full",
+           "heldout_chosen", "overfit", "full_vs_none", "chosen_vs_none", "guidance_percdamp")
 
 
 def layer_rows(records: list[dict]) -> list[dict[str, Any]]:
@@ -65,11 +66,13 @@ def layer_rows(records: list[dict]) -> list[dict[str, Any]]:
         rows.append({
             "name": r["name"], "layer": r["layer"], "kind": r["kind"], "m": r["m"], "N": r["N"],
             "rows_per_feature": r["m"] / r["N"], "dead": s["dead"], "sequences": s["sequences"],
-            "folds": s["folds"], "chosen": s["strength"], "insample_none": ins[0],
+            "folds": s["folds"], "chosen": s["strength"], "percdamp": s["percdamps"][i],
+            "insample_none": ins[0],
             "insample_full": ins[1], "heldout_none": ho[0], "heldout_full": ho[1],
             "heldout_chosen": ho[2],
             "overfit": ho[1] / ins[1] if ins[1] > 0 else np.nan,
-            "full_vs_none": ho[1] / none, "chosen_vs_none": ho[2] / none})
+            "full_vs_none": ho[1] / none, "chosen_vs_none": ho[2] / none,
+            "guidance_percdamp": r.get("guidance_percdamp", np.nan)})
     return rows
 
 
@@ -97,8 +100,18 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_chosen_vs_none": float(np.nanmedian([r["chosen_vs_none"] for r in rows])),
         "median_overfit": float(np.nanmedian([r["overfit"] for r in rows])),
         "median_rows_per_feature": float(np.median([r["rows_per_feature"] for r in rows])),
+        "median_percdamp": float(np.median([r["percdamp"] for r in every])),
+        "median_guidance_percdamp": float(np.nanmedian(
+            [r["guidance_percdamp"] for r in every])) if any(
+            np.isfinite(r["guidance_percdamp"]) for r in every) else None,
         "worst": [(r["name"], r["full_vs_none"]) for r in worst],
     }
+
+
+def _guidance_words(value) -> str:
+    if value is None:
+        return ""
+    return f"; theory.lam_guidance's bound-driven choice {value:.3g}"
 
 
 def summary_lines(v: dict[str, Any], what: str) -> list[str]:
@@ -117,17 +130,35 @@ def summary_lines(v: dict[str, Any], what: str) -> list[str]:
         f"held-out ratio to OPTQ's start {v['median_chosen_vs_none']:.3f}",
         "  layers where full correction is predicted worst: "
         + ", ".join(f"{n} ({x:.2f})" for n, x in v["worst"]),
+        f"  damping: percdamp {v['median_percdamp']:.3g} (median over layers; GPTQ's default "
+        "0.01)" + _guidance_words(v["median_guidance_percdamp"]),
     ]
     return lines
 
 
+def guidance_hook(ctx) -> dict:
+    """An ``on_layer`` hook: the lam `theory.lam_guidance` picks for the layer (B1 subject to B3
+    on its ``X_hat``, a symmetric grid of the run's bits), as a percdamp."""
+    X_hat = np.asarray(ctx.X_hat, np.float64)
+    g = theory.lam_guidance(X_hat, np.asarray(ctx.W, np.float64), bits=ctx.options.bits,
+                            order=ctx.options.order)
+    diag_mean = float(np.mean(np.sum(X_hat**2, axis=0)))
+    return {"guidance_percdamp": np.nan if g.lam is None or diag_mean == 0
+            else g.lam / diag_mean}
+
+
 def advise(model, batch: Batch, *, bits: int = 3, percdamp: float | None = None,
-           order: str = "natural", progress: bool = True) -> tuple[list[dict], dict]:
-    """Quantize ``model`` on ``batch`` with Qronos at strength "auto"; the per-layer rows and
-    the verdict."""
+           lam_auto: bool = False, guidance: bool = False, order: str = "natural",
+           progress: bool = True) -> tuple[list[dict], dict]:
+    """Quantize ``model`` on ``batch`` with Qronos at strength "auto" (and lam "auto" with
+    ``lam_auto``); the per-layer rows and the verdict. ``guidance``: also the lam of
+    `theory.lam_guidance` per layer (a float64 factorisation per candidate: slow on wide
+    layers)."""
+    lam = "auto" if lam_auto else None
     o = make_options("qronos", bits, variant="ls_first", strength="auto", percdamp=percdamp,
-                     order=order)
-    records, _ = quantize_model(model, o, batch, progress=progress)
+                     lam=lam, order=order)
+    records, _ = quantize_model(model, o, batch, progress=progress,
+                                on_layer=guidance_hook if guidance else None)
     rows = layer_rows(records)
     return rows, verdict(rows)
 
@@ -169,6 +200,9 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--percdamp", type=float, default=None)
     p.add_argument("--order", default="natural")
+    p.add_argument("--lam-auto", action="store_true", help="choose the damping too")
+    p.add_argument("--guidance", action="store_true",
+                   help="report theory.lam_guidance's lam per layer beside the chosen one")
     p.add_argument("--csv", default=None, help="write the per-layer rows here")
     p.add_argument("--records", default=None,
                    help="advise from a study's records in this folder instead of running")
@@ -181,7 +215,8 @@ def main(argv=None) -> int:
             print("\n".join(summary_lines(v, what or "record")))
         return 0
     model, batch = _model_and_batch(a.model, a.calib, a.length, a.seed)
-    rows, v = advise(model, batch, bits=a.bits, percdamp=a.percdamp, order=a.order)
+    rows, v = advise(model, batch, bits=a.bits, percdamp=a.percdamp, lam_auto=a.lam_auto,
+                     guidance=a.guidance, order=a.order)
     if a.csv:
         with open(a.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
