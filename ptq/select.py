@@ -183,6 +183,11 @@ def select(X, X_hat, W, grid, *, sequences, strength="auto", lam="auto", percdam
             A += np.array([float(a0), float(a1), float(a2)])
             if rounding_term:
                 rho_c += float(jnp.dot(Bn * _diag_sq(Rg), s2))
+        if not np.all(np.isfinite(A)):
+            raise ValueError(
+                f"the Gram matrix of X_hat without one fold of sequences is not positive "
+                f"definite at lam={lam_c:.6g} (too few rows per fold for N = {N} features, or "
+                f"dead features with lam = 0): give lam > 0 or percdamp > 0")
         R = _factor(H_all, float(lam_c))
         i0, i1, i2 = (float(v) for v in _insample_terms(R, P_all, Xh, U))
         a_c = strength if strength != "auto" else _argmin_quadratic(A[1], A[2])

@@ -244,3 +244,13 @@ def test_select_is_reachable_as_ptq_select():
                          timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert "select" in out.stdout
+
+
+def test_singular_fold_is_a_clear_error():
+    """lam = 0 with fewer rows per training fold than features: no NaN strength, an error."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 30))
+    X_hat = X + 0.1 * rng.standard_normal((20, 30))
+    W = rng.standard_normal((30, 4))
+    with pytest.raises(ValueError, match="not positive definite at lam=0"):
+        ptq.select.select(X, X_hat, W, ptq.Grid.fit(W, 3), sequences=4, lam=0.0)
