@@ -160,10 +160,14 @@ def select(X, X_hat, W, grid, *, sequences, strength="auto", lam="auto", percdam
         S = np.random.default_rng(0).standard_normal((n, sketch)) / np.sqrt(sketch)
         Ws = jnp.dot(W, jnp.asarray(S, W.dtype), precision=HIGHEST)
     s2 = _step_sq(grid, W)[jnp.asarray(perm)] if rounding_term else None  # processing order
-    idx = [jnp.asarray(np.flatnonzero(fold == g)) for g in range(K)]
+    # every fold padded to the largest with zero rows (index m, filled with 0): a zero row adds
+    # nothing to a Gram matrix, to u or to d, and equal shapes compile each program once
+    rows = [np.flatnonzero(fold == g) for g in range(K)]
+    size = max(r.size for r in rows)
+    idx = [jnp.asarray(np.pad(r, (0, size - r.size), constant_values=m)) for r in rows]
     # per fold: X_hat_g (ordered columns), u_g = (X_g - X_hat_g) W S, its Gram and X_hat_g^T u_g
-    Xh = [gather.take_rows(X_hat[i].T, p).T if p is not None else X_hat[i] for i in idx]
-    U = [_mismatch(X[i], X_hat[i], Ws) for i in idx]
+    Xh = [_rows(X_hat, i, p) for i in idx]
+    U = [_mismatch(_rows(X, i, None), _rows(X_hat, i, None), Ws) for i in idx]
     Hg = [gram.gram_sym(x) for x in Xh]
     Pg = [_xtu(x, u) for x, u in zip(Xh, U)]
     # the other folds' sums added up (not the total minus the fold: no cancellation)
@@ -228,6 +232,13 @@ def _sum(arrays):
     for A in arrays[1:]:
         out = out + A
     return out
+
+
+@jax.jit
+def _rows(A, i, p):
+    """Rows ``i`` of A (an index ``m`` gives a zero row), columns in processing order ``p``."""
+    B = A.at[i].get(mode="fill", fill_value=0)
+    return B if p is None else B[:, p]
 
 
 @jax.jit
