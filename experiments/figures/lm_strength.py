@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps, ticker
 
+from experiments import advice
 from experiments.figures import real, style
 
 DEFAULT_PERCDAMP = 0.01  # ptq's default when neither lam nor percdamp is given
@@ -69,16 +70,6 @@ def fixed_strength(c: dict) -> float:
     return 0.0 if c["algorithm"] == "optq" else float(c.get("strength", 1.0))
 
 
-def _chosen(sel: dict) -> int:
-    """The index of the candidate damping a selection chose: the candidate ``lam`` it
-    returned, or (records without ``lams``) its smallest criterion."""
-    if "lams" in sel:
-        return int(np.argmin(np.abs(np.asarray(sel["lams"], float) - sel["lam"])))
-    crit = np.asarray(sel["heldout"], float)[:, 2]
-    rho = np.array([np.nan if v is None else v for v in sel["rounding_heldout"]], float)
-    return int(np.argmin(crit + np.nan_to_num(rho))) if crit.size > 1 else 0
-
-
 def layer_table(recs: list[dict]) -> pd.DataFrame:
     """One row per layer of each run whose strength was chosen (lm_strength_layers.csv)."""
     rows = []
@@ -88,7 +79,7 @@ def layer_table(recs: list[dict]) -> pd.DataFrame:
             sel = lyr.get("selection")
             if sel is None:
                 continue
-            k = _chosen(sel)
+            k = advice.chosen_candidate(sel)
             held, ins = sel["heldout"][k], sel["insample"][k]
             rows.append({"config": c["name"], "algorithm": algorithm_name(c), "bits": c["bits"],
                          "calib_windows": c["calib"], "seed": c["seed"],
@@ -127,6 +118,26 @@ def strength_table(recs: list[dict]) -> pd.DataFrame:
     t["_rank"] = t.algorithm.map(rank).fillna(len(rank))
     t = t.sort_values(["bits", "order", "calib_windows", "seed", "_rank", "config"])
     return t.drop(columns="_rank").reset_index(drop=True)
+
+
+def advice_table(recs: list[dict]) -> pd.DataFrame:
+    """The calibration advisor's verdict (`experiments.advice`) for every run whose strength
+    was chosen: is the calibration set big enough for full-strength Qronos?"""
+    rows = []
+    for r in recs:
+        c = r["config"]
+        layers = [lyr for lyr in r["layers"] if "selection" in lyr]
+        if not layers:
+            continue
+        v = advice.verdict(advice.layer_rows(layers))
+        rows.append({"config": c["name"], "algorithm": algorithm_name(c), "bits": c["bits"],
+                     "order": c.get("order", "natural"), "calib_windows": c["calib"],
+                     "seed": c["seed"], "enough_for_full_strength": v["enough_for_full_strength"],
+                     "share_full_helps": v["share_full_helps"],
+                     "median_full_vs_none": v["median_full_vs_none"],
+                     "median_chosen": v["median_chosen"], "median_overfit": v["median_overfit"],
+                     "layers": v["layers"], "without_mismatch": v["without_mismatch"]})
+    return pd.DataFrame(rows)
 
 
 def bounds_table(recs: list[dict]) -> pd.DataFrame:
@@ -237,6 +248,11 @@ def build_all(recs: list[dict], out_dir: str = "figures") -> dict[str, pd.DataFr
                                 "`python -m experiments.studies.strength --size study`")
     layers = layer_table(ok)
     build(t, layers, out_dir)
+    adv = advice_table(ok)
+    if not adv.empty:
+        adv.to_csv(os.path.join(out_dir, "lm_strength_advice.csv"), index=False,
+                   float_format="%.4g")
+        out["lm_strength_advice"] = adv
     layers.to_csv(os.path.join(out_dir, "lm_strength_layers.csv"), index=False,
                   float_format="%.6g")
     return {**out, "lm_strength": t, "lm_strength_layers": layers}

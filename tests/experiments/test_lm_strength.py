@@ -124,7 +124,8 @@ def _auto_layers(strengths, lam_auto=False):
         if lam_auto:  # the chosen candidate, as the driver records it
             sel["lams"], sel["lam"] = [1.0, 10.0, 100.0], 10.0
         out.append({"name": f"l{i}", "layer": i // 7, "kind": "q_proj", "rel_err": 0.1,
-                    "err2_fro": 1.0, "strength_used": a, "selection": sel})
+                    "err2_fro": 1.0, "m": 64, "N": 16, "n": 16, "strength_used": a,
+                    "selection": sel})
     return out
 
 
@@ -143,7 +144,10 @@ def test_figure_tables_from_records(tmp_path):
                     strength="auto", lam="auto", layers=_auto_layers([0.3, 0.4, 0.6], True)),
             {"status": "error", "config": {"name": "optq", "pass": "practical"}}]
     out = fig.build_all(recs, str(tmp_path))
-    assert set(out) == {"lm_strength", "lm_strength_layers"}
+    assert set(out) == {"lm_strength", "lm_strength_layers", "lm_strength_advice"}
+    adv = out["lm_strength_advice"]  # every chosen run: full correction predicted 3/4 of none
+    assert len(adv) == 3 and adv.enough_for_full_strength.all()
+    assert np.allclose(adv.median_full_vs_none, 0.75)
     for f in ("lm_strength.png", "lm_strength.pdf", "lm_strength.csv", "lm_strength_layers.csv"):
         assert os.path.getsize(tmp_path / f) > 0
     t = pd.read_csv(tmp_path / "lm_strength.csv")
