@@ -50,7 +50,10 @@ def qronos(
       ``q_1 = Q(z_1)``; the residual is then re-fitted on the remaining columns, which is
       OPTQ with ``Hh`` started from ``wt`` whose first error is ``e_1 = wt_1 - q_1``;
     * ``variant="ls_first"``: ``q = OPTQ_Hh(wt)``, i.e.
-      ``q_1 = Q(wt_1)``. The two differ only in the value rounded at step 1;
+      ``q_1 = Q(wt_1)``: Remark 5.2 of arXiv:2508.04853, which Brevitas' sources after 0.13.4
+      cite for their Qronos update (not benchmarked here; 0.13.4 runs "paper", measured code
+      for code). The two differ only in the value rounded at step 1. The default stays
+      "paper", the published algorithm every committed figure ran (docs, Theory);
     * ``variant="ls_first", strength=a`` in [0, 1]: ``q = OPTQ_Hh(w_a)`` with
       ``w_a = w' + a (wt - w')`` (``w'``: ``w`` with the dead features of ``X_hat`` zeroed).
       ``a = 0`` is ``ptq.optq(X_hat, W, grid)`` (same lam and order), ``a = 1`` the full
