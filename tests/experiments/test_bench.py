@@ -16,7 +16,16 @@ import jax
 import pandas as pd
 import pytest
 
-from experiments.bench import Options, flops, layer_sizes, peer_timing, peers, report, run
+from experiments.bench import (
+    Options,
+    flops,
+    layer_sizes,
+    peer_timing,
+    peers,
+    report,
+    run,
+    selection,
+)
 from experiments.bench.__main__ import main
 
 SIZES = (64, 128)
@@ -237,3 +246,14 @@ def test_report_only_rederives_a_saved_run(cli_run, tmp_path):
     for col in ("optq_s", "qronos_s", "chol_s", "limit_s", "optq_over_limit"):
         assert (old[col] == new[col]).all(), col
     assert "Command: `python -m experiments.bench --sizes" in (tmp_path / "r.md").read_text()
+
+
+def test_selection_benchmark_small(tmp_path):
+    """The selection-cost benchmark runs end to end on a small layer and writes its row."""
+    out = tmp_path / "sel.csv"
+    assert selection.main(["--N", "64", "--m", "256", "--sequences", "8", "--repeats", "1",
+                           "--out", str(out)]) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert row.N == 64 and row.n == 64 and row.m == 256
+    assert row.qronos_ls_s > 0 and row.select_s > 0 and row.qronos_auto_s > 0
+    assert row.auto_over_qronos == pytest.approx(row.qronos_auto_s / row.qronos_ls_s)
