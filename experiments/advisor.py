@@ -131,7 +131,8 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
-    what = f"{a.model}, {a.calib} calibration sequences of {batch.ids.shape[1]} tokens"
+    what = (f"{a.model}, {batch.ids.shape[0]} calibration sequences "
+            f"({int(np.asarray(batch.mask).sum())} tokens)")
     print("\n".join(summary_lines(v, what)))
     return 0
 
