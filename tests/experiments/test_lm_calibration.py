@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import reproduce
 from experiments.studies import lm_calibration
 
 pytestmark = [pytest.mark.model, pytest.mark.study]
@@ -45,9 +44,3 @@ def test_table_matches_the_records(smoke):
     assert t[t.config == "optq"].floor_median.isna().all()  # OPTQ has no floor column
     for ext in ("png", "pdf"):
         assert os.path.getsize(os.path.join(out, f"lm_calibration.{ext}")) > 0
-
-
-def test_default_reproduce_leaves_it_out():
-    with pytest.raises(SystemExit):  # asked for by name at a size it does not have
-        reproduce.main(["--only", "lm_calibration", "--no-figures"])
-    assert "default" not in lm_calibration.SIZES

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import reproduce
 from experiments.figures import lm_strength as fig
 from experiments.studies import strength
 
@@ -83,13 +82,6 @@ def test_smoke_records_and_tables(smoke):
     np.testing.assert_allclose(layers.strength, used, rtol=1e-5, atol=1e-9)
     for ext in ("png", "pdf"):
         assert os.path.getsize(os.path.join(out, f"lm_strength.{ext}")) > 0
-
-
-def test_default_reproduce_leaves_it_out():
-    with pytest.raises(SystemExit):  # asked for by name at a size it does not have
-        reproduce.main(["--only", "lm_strength", "--no-figures"])
-    assert "default" not in strength.SIZES
-    assert "lm_strength" in reproduce.STUDIES
 
 
 # --- the figure from hand-made records ---------------------------------------------------

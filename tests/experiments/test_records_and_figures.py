@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from experiments import records
+from experiments import records, reproduce
 from experiments.figures import FIGURES
 from experiments.reproduce import build_figure, summarize
 
@@ -66,3 +66,18 @@ def test_only_keeps_the_other_figures_summary_rows(tmp_path):
     table = pd.read_csv(os.path.join(out, "summary.csv"))
     assert list(table["figure"]) == ["order", "lam_guidance"]  # FIGURES order, both kept
     assert (table["runs"] > 0).all() and (table["violations"] == 0).all()
+
+
+NO_DEFAULT = [k for k in reproduce.STUDIES if "default" not in reproduce.study_sizes(k)]
+
+
+def test_the_studies_without_a_default_size():
+    """The long studies define no default size, so the 10-minute default reproduce leaves them
+    out (their sizes are named explicitly)."""
+    assert {"lm_calibration", "lm_strength", "minilm_strength"} <= set(NO_DEFAULT)
+
+
+@pytest.mark.parametrize("name", NO_DEFAULT)
+def test_default_reproduce_leaves_it_out(name):
+    with pytest.raises(SystemExit):  # asked for by name at a size it does not have
+        reproduce.main(["--only", name, "--no-figures"])
