@@ -70,6 +70,16 @@ def fixed_strength(c: dict) -> float:
     return 0.0 if c["algorithm"] == "optq" else float(c.get("strength", 1.0))
 
 
+def run_strength(r: dict) -> float:
+    """A run's strength: the fixed one, or for a chosen strength the median over layers of the
+    strength used (NaN: RTN)."""
+    c = r["config"]
+    used = [lyr["strength_used"] for lyr in r["layers"] if "strength_used" in lyr]
+    if c.get("strength") == "auto" and used:
+        return float(np.median(used))
+    return fixed_strength(c)
+
+
 def layer_table(recs: list[dict]) -> pd.DataFrame:
     """One row per layer of each run whose strength was chosen (lm_strength_layers.csv)."""
     rows = []
@@ -97,10 +107,7 @@ def strength_table(recs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in recs:
         c = r["config"]
-        strength, percdamp = fixed_strength(c), c.get("percdamp") or DEFAULT_PERCDAMP
-        used = [lyr["strength_used"] for lyr in r["layers"] if "strength_used" in lyr]
-        if c.get("strength") == "auto" and used:
-            strength = float(np.median(used))
+        strength, percdamp = run_strength(r), c.get("percdamp") or DEFAULT_PERCDAMP
         if c.get("lam") == "auto":
             damps = layer_table([r]).lam_percdamp
             percdamp = float(np.median(damps)) if len(damps) else np.nan
@@ -264,10 +271,7 @@ def minilm_table(recs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in _ok(recs):
         c = r["config"]
-        strength = fixed_strength(c)
-        used = [lyr["strength_used"] for lyr in r["layers"] if "strength_used" in lyr]
-        if c.get("strength") == "auto" and used:
-            strength = float(np.median(used))
+        strength = run_strength(r)
         rows.append({"config": c["name"], "algorithm": algorithm_name(c), "strength": strength,
                      "order": c.get("order", "natural"), "bits": c["bits"],
                      "tokens": c["tokens"], "cosine_mean": r["cosine_mean"],
