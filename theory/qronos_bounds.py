@@ -78,8 +78,13 @@ def uncorrected(ls: LeastSquares, strength: float) -> np.ndarray:
 
     ``w'`` is ``w`` with the dead features of X_hat zeroed (the start of `ptq.optq`)."""
     f = ls.factors
-    D = ls.W_ls - np.where(f.live[:, None], ls.Wp, 0.0)
-    return (1.0 - strength) * triangular_times(f.R, D) / f.r[:, None]
+    return (1.0 - strength) * triangular_times(f.R, correction(ls)) / f.r[:, None]
+
+
+def correction(ls: LeastSquares) -> np.ndarray:
+    """``wt - w'`` (N, n), processing order: the least-squares correction of OPTQ's start ``w'``
+    (``w`` with the dead features of X_hat zeroed)."""
+    return ls.W_ls - np.where(ls.factors.live[:, None], ls.Wp, 0.0)
 
 
 def triangular_times(R: np.ndarray, D: np.ndarray) -> np.ndarray:
@@ -192,8 +197,7 @@ def optq_mismatch_l2_bound(
     f = ls.factors
     N, n = ls.Wp.shape
     st = check_steps(step, N, n)
-    Wz = np.where(f.live[:, None], ls.Wp, 0.0)
-    D = ls.W_ls - Wz
+    D = correction(ls)
     # ||Xha (wt - w')||^2 = ||X_hat D||^2 + lam ||D||^2 = D^T Hh D = ||R^T D||^2 (Hh = R R^T,
     # processing order): one triangular product (N^2 n flops) instead of X_hat D (2 m N n).
     # A dead feature with lam = 0 has (wt - w')_t = 0, so ptq's unit diagonal adds nothing.
